@@ -1,0 +1,45 @@
+"""Connector API and built-in connectors."""
+
+from .base import (
+    Checkpoint,
+    ConnectorSpec,
+    DedupStore,
+    Episode,
+    MappingError,
+    PullConfig,
+    PullConnector,
+    PushConfig,
+    PushContext,
+    PushReceiver,
+    SourceConfig,
+    SourcePointer,
+    SyncRequest,
+    idempotency_key,
+    iso_utc,
+    make_episode,
+    option,
+    secret,
+)
+from .registry import Registry
+
+__all__ = [
+    "Checkpoint",
+    "ConnectorSpec",
+    "DedupStore",
+    "Episode",
+    "MappingError",
+    "PullConfig",
+    "PullConnector",
+    "PushConfig",
+    "PushContext",
+    "PushReceiver",
+    "Registry",
+    "SourceConfig",
+    "SourcePointer",
+    "SyncRequest",
+    "idempotency_key",
+    "iso_utc",
+    "make_episode",
+    "option",
+    "secret",
+]

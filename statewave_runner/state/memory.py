@@ -1,0 +1,254 @@
+"""In-process state: the full contract, nothing survives a restart.
+
+The default, as in the Node runner. Useful for trying things out and for
+tests; the banner says plainly that a restart forgets cursors and the queue.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .base import (
+    ClaimedItem,
+    Health,
+    OutboxItem,
+    OutboxSettings,
+    OutboxStats,
+)
+
+
+@dataclass(slots=True)
+class _Row:
+    id: str
+    key: str
+    body: str
+    origin: str
+    enqueued_at: float
+    attempts: int = 0
+    retry_at: float = 0.0
+    lease_until: float = 0.0
+    dead: bool = False
+    last_error: str | None = None
+
+    def view(self) -> ClaimedItem:
+        return ClaimedItem(
+            id=self.id,
+            key=self.key,
+            body=self.body,
+            origin=self.origin,
+            attempts=self.attempts,
+            enqueued_at=self.enqueued_at,
+            last_error=self.last_error,
+        )
+
+
+class MemoryState:
+    """Every part of the state contract in memory, guarded by one lock."""
+
+    kind = "memory"
+
+    def __init__(
+        self,
+        settings: OutboxSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.settings = settings or OutboxSettings()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cursors: dict[tuple[str, str], str] = {}
+        self._seen: dict[str, float] = {}  # dedup key -> expiry
+        self._seen_expiry: list[tuple[float, str]] = []  # min-heap for incremental purge
+        self._queued_keys: dict[str, float] = {}  # outbox dedup key -> expiry
+        self._queued_expiry: list[tuple[float, str]] = []
+        self._rows: dict[str, _Row] = {}
+        self._ids = itertools.count(1)
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------------ cursors
+    def get_cursor(self, kind: str, name: str) -> str | None:
+        with self._lock:
+            return self._cursors.get((kind, name))
+
+    def set_cursor(self, kind: str, name: str, cursor: str) -> None:
+        with self._lock:
+            self._cursors[(kind, name)] = cursor
+
+    def delete_cursor(self, kind: str, name: str) -> bool:
+        with self._lock:
+            return self._cursors.pop((kind, name), None) is not None
+
+    def list_cursors(self) -> dict[tuple[str, str], str]:
+        with self._lock:
+            return dict(self._cursors)
+
+    # ------------------------------------------------------------------ dedup
+    @staticmethod
+    def _purge(table: dict[str, float], heap: list[tuple[float, str]], now: float) -> None:
+        # Pops only what has expired: amortized O(log n) per key, no sweep.
+        while heap and heap[0][0] <= now:
+            expiry, key = heapq.heappop(heap)
+            if table.get(key) == expiry:
+                del table[key]
+
+    def mark_if_new(self, key: str, ttl_seconds: float) -> bool:
+        now = self._clock()
+        with self._lock:
+            self._purge(self._seen, self._seen_expiry, now)
+            expiry = self._seen.get(key)
+            if expiry is not None and expiry > now:
+                return False
+            expiry = now + ttl_seconds
+            self._seen[key] = expiry
+            heapq.heappush(self._seen_expiry, (expiry, key))
+            return True
+
+    def contains(self, key: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            expiry = self._seen.get(key)
+            return expiry is not None and expiry > now
+
+    # ------------------------------------------------------------------ outbox
+    def _put_locked(self, items: Sequence[OutboxItem], now: float) -> int:
+        self._purge(self._queued_keys, self._queued_expiry, now)
+        added = 0
+        for item in items:
+            expiry = self._queued_keys.get(item.key)
+            if expiry is not None and expiry > now:
+                continue
+            expiry = now + self.settings.dedup_ttl
+            self._queued_keys[item.key] = expiry
+            heapq.heappush(self._queued_expiry, (expiry, item.key))
+            row_id = str(next(self._ids))
+            self._rows[row_id] = _Row(row_id, item.key, item.body, item.origin, now)
+            added += 1
+        return added
+
+    def put(self, items: Sequence[OutboxItem]) -> int:
+        now = self._clock()
+        with self._lock:
+            return self._put_locked(items, now)
+
+    def put_and_set_cursor(
+        self, items: Sequence[OutboxItem], kind: str, name: str, cursor: str | None
+    ) -> int:
+        now = self._clock()
+        with self._lock:
+            added = self._put_locked(items, now)
+            if cursor is not None:
+                self._cursors[(kind, name)] = cursor
+            return added
+
+    def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
+        now = self._clock()
+        out: list[ClaimedItem] = []
+        with self._lock:
+            # Rows are in insertion order (dict order), which is enqueue order.
+            for row in self._rows.values():
+                if len(out) >= limit:
+                    break
+                if row.dead or row.retry_at > now or row.lease_until > now:
+                    continue
+                row.attempts += 1
+                row.lease_until = now + lease_seconds
+                out.append(row.view())
+        return out
+
+    def ack(self, items: Sequence[ClaimedItem]) -> None:
+        with self._lock:
+            for item in items:
+                self._rows.pop(item.id, None)
+
+    def nack(self, items: Sequence[ClaimedItem], retry_at: float, error: str) -> None:
+        with self._lock:
+            for item in items:
+                row = self._rows.get(item.id)
+                if row is None:
+                    continue
+                row.lease_until = 0.0
+                row.retry_at = retry_at
+                row.last_error = error
+                if row.attempts >= self.settings.max_attempts:
+                    row.dead = True
+
+    def dead_letter(self, items: Sequence[ClaimedItem], error: str) -> None:
+        with self._lock:
+            for item in items:
+                row = self._rows.get(item.id)
+                if row is not None:
+                    row.dead = True
+                    row.lease_until = 0.0
+                    row.last_error = error
+
+    def retry_dead(self, limit: int | None = None) -> int:
+        moved = 0
+        with self._lock:
+            for row in self._rows.values():
+                if limit is not None and moved >= limit:
+                    break
+                if row.dead:
+                    row.dead = False
+                    row.attempts = 0
+                    row.retry_at = 0.0
+                    moved += 1
+        return moved
+
+    def peek(self, limit: int, *, dead: bool = False) -> list[ClaimedItem]:
+        with self._lock:
+            return [r.view() for r in self._rows.values() if r.dead == dead][:limit]
+
+    def stats(self) -> OutboxStats:
+        now = self._clock()
+        with self._lock:
+            live = [r for r in self._rows.values() if not r.dead]
+            return OutboxStats(
+                depth=len(live),
+                in_flight=sum(1 for r in live if r.lease_until > now),
+                dead=len(self._rows) - len(live),
+                oldest_age_seconds=(now - min(r.enqueued_at for r in live)) if live else None,
+            )
+
+    # ------------------------------------------------------------------ leases
+    def acquire(self, key: str, owner: str, ttl_seconds: float) -> bool:
+        now = self._clock()
+        with self._lock:
+            held = self._leases.get(key)
+            if held is not None and held[1] > now and held[0] != owner:
+                return False
+            self._leases[key] = (owner, now + ttl_seconds)
+            return True
+
+    def renew(self, key: str, owner: str, ttl_seconds: float) -> bool:
+        now = self._clock()
+        with self._lock:
+            held = self._leases.get(key)
+            if held is None or held[0] != owner or held[1] <= now:
+                return False
+            self._leases[key] = (owner, now + ttl_seconds)
+            return True
+
+    def release(self, key: str, owner: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            held = self._leases.get(key)
+            if held is None or held[0] != owner or held[1] <= now:
+                return False
+            del self._leases[key]
+            return True
+
+    # ------------------------------------------------------------------ lifecycle
+    def health(self) -> Health:
+        return Health(ok=not self._closed, detail="closed" if self._closed else "in memory")
+
+    def describe(self) -> dict[str, str]:
+        return {"kind": "memory", "location": "in process (nothing survives a restart)"}
+
+    def close(self) -> None:
+        self._closed = True
