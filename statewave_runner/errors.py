@@ -78,7 +78,7 @@ class DriverMissingError(StateError):
         self.module = module
         self.extra = extra
         super().__init__(
-            f'state kind "{kind}" needs {module}: pip install \'statewave-runner[{extra}]\''
+            f"state kind \"{kind}\" needs {module}: pip install 'statewave-runner[{extra}]'"
         )
 
 
@@ -102,7 +102,9 @@ class DeliveryError(StatewaveRunnerError):
 
     retryable: bool = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None):
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = None
+    ):
         self.retry_after = retry_after
         self.status = status
         super().__init__(message)

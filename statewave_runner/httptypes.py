@@ -21,7 +21,7 @@ class Headers(Mapping[str, str]):
     :meth:`get_all`.
     """
 
-    __slots__ = ("_items", "_index")
+    __slots__ = ("_index", "_items")
 
     def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] = ()):
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
@@ -94,7 +94,9 @@ class Response:
         return cls(status, body, (("Content-Type", "application/json"), *headers))
 
     @classmethod
-    def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
+    def text(
+        cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8"
+    ) -> Response:
         """A text response."""
         return cls(status, text.encode(), (("Content-Type", content_type),))
 

@@ -219,8 +219,8 @@ def option(
     default_factory: Callable[[], Any] | None = None,
     doc: str = "",
     secret: bool = False,
-    min: float | None = None,  # noqa: A002 - reads naturally at the call site
-    max: float | None = None,  # noqa: A002
+    min: float | None = None,
+    max: float | None = None,
     pattern: str | None = None,
     example: str | None = None,
 ) -> Any:
@@ -273,7 +273,9 @@ class PullConfig(SourceConfig):
     schedule: str = option(doc='"every <N><s|m|h|d>" or 5/6-field cron (seconds first)')
     max_items: int | None = option(None, min=1, doc="cap episodes per tick")
     dry_run: bool = option(False, doc="run the sync, log and count, queue nothing")
-    timezone: str | None = option(None, doc="IANA zone for cron schedules; default [runner] timezone or UTC")
+    timezone: str | None = option(
+        None, doc="IANA zone for cron schedules; default [runner] timezone or UTC"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,8 +33,16 @@ _BUILTINS: dict[tuple[Mode, str], str] = {
 # "unknown kind", which would suggest a typo.
 NODE_KINDS: dict[Mode, tuple[str, ...]] = {
     "pull": (
-        "github", "markdown", "slack", "n8n", "discord", "zendesk",
-        "intercom", "freshdesk", "notion", "gmail",
+        "github",
+        "markdown",
+        "slack",
+        "n8n",
+        "discord",
+        "zendesk",
+        "intercom",
+        "freshdesk",
+        "notion",
+        "gmail",
     ),
     "push": ("slack", "freshdesk", "zendesk", "intercom", "gmail"),
 }
@@ -67,7 +75,9 @@ class Registry:
                 if isinstance(spec, ConnectorSpec):
                     reg.register(spec)
                 else:
-                    log.warning("connector entry point %s gave %r, not a ConnectorSpec", ep.name, spec)
+                    log.warning(
+                        "connector entry point %s gave %r, not a ConnectorSpec", ep.name, spec
+                    )
         return reg
 
     def register(self, spec: ConnectorSpec) -> None:
@@ -77,7 +87,9 @@ class Registry:
 
     def kinds(self, mode: Mode) -> list[str]:
         """Sorted kind names available in ``mode``."""
-        names = {k for (m, k) in self._lazy if m == mode} | {k for (m, k) in self._specs if m == mode}
+        names = {k for (m, k) in self._lazy if m == mode} | {
+            k for (m, k) in self._specs if m == mode
+        }
         return sorted(names)
 
     def get(self, mode: Mode, kind: str) -> ConnectorSpec | None:
