@@ -330,9 +330,13 @@ class HistogramChild:
         self._sum = 0.0
 
     def observe(self, value: float) -> None:
-        """Record one observation."""
-        if value != value:
-            raise MetricError("histograms cannot observe NaN")
+        """Record one observation (>= 0).
+
+        Negative values and NaN are refused: OpenMetrics requires a histogram's
+        ``_sum`` to behave as a counter. Measure durations with a monotonic clock.
+        """
+        if not value >= 0:
+            raise MetricError(f"histograms observe values >= 0, got {value!r}")
         i = bisect_left(self._upper, value)
         with self._lock:
             self._counts[i] += 1
@@ -754,8 +758,8 @@ class Registry:
         name: str,
         help: str,
         labelnames: Sequence[str] = (),
-        *,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
+        *,
         unit: str = "",
     ) -> Histogram:
         """Define a histogram with these upper bounds (``+Inf`` is added)."""

@@ -263,8 +263,16 @@ class RunnerSeries:
             register_default_collectors(registry)
 
     # ---- sources
-    def register_pull(self, kind: str, name: str) -> PullSeries:
-        """Create every series of a pull source at zero; idempotent."""
+    def register_pull(self, kind: str, name: str, *, last_sync: float | None = None) -> PullSeries:
+        """Create every series of a pull source; idempotent.
+
+        Counters and histograms start at zero. ``pull_last_sync_timestamp_seconds``
+        starts at ``last_sync`` (default: now, the time the source was
+        registered) rather than 0: a 0 would make the Node README's
+        ``time() - last_sync > 1800`` alert fire for every source on every
+        restart before its first tick. ``pull_next_fire_timestamp_seconds``
+        stays 0 until the schedule is armed.
+        """
         key = (kind, name)
         existing = self._pull.get(key)
         if existing is not None:
@@ -279,6 +287,7 @@ class RunnerSeries:
             ticks_skipped=self.pull_ticks_skipped.labels(kind, name),
             next_fire=self.pull_next_fire.labels(kind, name),
         )
+        handle.last_sync.set(time.time() if last_sync is None else last_sync)
         self._pull[key] = handle
         return handle
 

@@ -320,15 +320,18 @@ def test_counter_function_failure_drops_only_that_sample() -> None:
 def test_histogram_bucket_boundaries_are_inclusive() -> None:
     r = Registry()
     h = r.histogram("app_hist", "h", buckets=[1, 2])
-    for v in (1.0, 2.0, 2.0000001, -5):
+    for v in (0.0, 1.0, 2.0, 2.0000001):
         h.observe(v)
     with h.time():
         pass
     s = check_registry(r)
-    assert s[("app_hist_bucket", (("le", "1.0"),))] == 3  # -5, 1.0 and the timed block
+    assert s[("app_hist_bucket", (("le", "1.0"),))] == 3  # 0.0, 1.0 and the timed block
     assert s[("app_hist_bucket", (("le", "2.0"),))] == 4
     assert s[("app_hist_bucket", (("le", "inf"),))] == 5
     assert s[("app_hist_count", ())] == 5
+    with pytest.raises(MetricError):
+        h.observe(-0.001)  # a negative _sum is invalid OpenMetrics
+    assert check_registry(r)[("app_hist_count", ())] == 5
 
 
 def test_remove_and_clear() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -204,7 +205,9 @@ def test_label_order_and_le_rendering_follow_prom_client() -> None:
 
 
 def test_every_configured_source_appears_with_zeroes_from_the_first_scrape() -> None:
+    before = time.time()
     s = _series()
+    after = time.time()
     samples = check_registry(s.registry)
     gh = (("kind", "github"), ("name", "main-repo"))
     sl = (("kind", "slack"), ("name", "team"))
@@ -213,11 +216,12 @@ def test_every_configured_source_appears_with_zeroes_from_the_first_scrape() -> 
         "statewave_runner_pull_episodes_emitted_total",
         "statewave_runner_pull_episodes_ingested_total",
         "statewave_runner_pull_ticks_skipped_total",
-        "statewave_runner_pull_last_sync_timestamp_seconds",
         "statewave_runner_pull_next_fire_timestamp_seconds",
         "statewave_runner_pull_sync_duration_seconds_count",
     ):
         assert samples[(name, gh)] == 0, name
+    # Not 0: the Node README's stale alert would fire on every restart.
+    assert before <= samples[("statewave_runner_pull_last_sync_timestamp_seconds", gh)] <= after
     for reason in ("load", "sync", "ingest"):
         key = ("statewave_runner_pull_errors_total", (*gh, ("reason", reason)))
         assert samples[key] == 0
@@ -412,6 +416,21 @@ def test_referenced_series_parser() -> None:
     assert referenced_series(
         'sum by (kind) (rate(foo_total{status=~"5..",kind!="x"}[5m])) / 1e3 > bar offset 5m'
     ) == {"foo_total": {"status", "kind"}, "bar": set()}
+
+
+def test_node_stale_alert_does_not_fire_right_after_start() -> None:
+    s = _series()
+    last = s.registry.get_sample_value(
+        "statewave_runner_pull_last_sync_timestamp_seconds", {"kind": "github", "name": "main-repo"}
+    )
+    assert last is not None and not time.time() - last > 1800
+    s.register_pull("gmail", "inbox", last_sync=1_700_000_000)  # e.g. known from elsewhere
+    assert (
+        s.registry.get_sample_value(
+            "statewave_runner_pull_last_sync_timestamp_seconds", {"kind": "gmail", "name": "inbox"}
+        )
+        == 1_700_000_000
+    )
 
 
 def test_node_readme_alerts_reference_only_exported_series() -> None:
