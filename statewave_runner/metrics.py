@@ -395,9 +395,6 @@ class _Family(Generic[ChildT]):
         """The family name on 0.0.4 ``# HELP``/``# TYPE`` lines."""
         return self.name
 
-    def sample_names(self) -> tuple[str, ...]:
-        return (self.name,)
-
     # ---- children
     def labels(self, *values: object, **kwargs: object) -> ChildT:
         """The child for these label values (positional, or by name), created on first use."""
@@ -441,6 +438,8 @@ class _Family(Generic[ChildT]):
 
     def remove(self, *values: object) -> None:
         """Drop one child (a source removed from the config). Missing children are ignored."""
+        if not self.labelnames:
+            raise MetricError(f"{self.name} has no labels; there is no child to remove")
         key = tuple(_clean_label_value(v) for v in values)
         with self._lock:
             if self._children.pop(key, None) is not None:
@@ -503,9 +502,6 @@ class Counter(_Family[CounterChild]):
     @property
     def om_name(self) -> str:
         return self._base
-
-    def sample_names(self) -> tuple[str, ...]:
-        return (self._base, self._base + "_total", self._base + "_created")
 
     def _new_child(self, labels: tuple[tuple[str, str], ...]) -> CounterChild:
         return CounterChild(labels, _prefix(self.name, labels))
@@ -625,10 +621,6 @@ class Histogram(_Family[HistogramChild]):
         self._le_text = (*(_fmt_text(b) for b in bounds), "+Inf")
         self._le_om = (*(_fmt_canonical(b) for b in bounds), "+Inf")
         super().__init__(name, help, labelnames, unit)
-
-    def sample_names(self) -> tuple[str, ...]:
-        n = self.name
-        return (n, n + "_bucket", n + "_count", n + "_sum", n + "_created")
 
     def _new_child(self, labels: tuple[tuple[str, str], ...]) -> HistogramChild:
         base = _label_str(labels)

@@ -345,6 +345,11 @@ def test_remove_and_clear() -> None:
     c.clear()
     assert c.children() == ()
     assert check_registry(r) == {}
+    plain = r.gauge("app_plain", "p")
+    with pytest.raises(MetricError):
+        plain.remove()
+    with pytest.raises(MetricError):
+        plain.clear()
 
 
 def test_collect_hooks_run_per_scrape_and_failures_do_not_break_it() -> None:
