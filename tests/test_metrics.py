@@ -464,12 +464,16 @@ def test_eight_threads_incrementing_while_scraping_get_exact_totals() -> None:
     shared_c, shared_g, shared_h = c.labels("shared"), g.labels("shared"), h.labels("shared")
     start = threading.Barrier(threads_n + 1)
     done = threading.Event()
+    scraped = threading.Event()
+    scrapes = []
     problems: list[str] = []
 
     def worker(i: int) -> None:
         start.wait()
         own_c = c.labels(f"t{i}")
         for n in range(per_thread):
+            if n == per_thread // 2:  # make sure scrapes overlap the increments
+                scraped.wait(30)
             shared_c.inc()
             own_c.inc(2)
             shared_g.inc()
@@ -495,6 +499,8 @@ def test_eight_threads_incrementing_while_scraping_get_exact_totals() -> None:
             count = samples.get(("app_size_count", (("who", "shared"),)), 0.0)
             if buckets != sorted(buckets) or buckets[-1] != count:
                 problems.append(f"inconsistent histogram {buckets} count={count}")
+            scrapes.append(total)
+            scraped.set()
 
     workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads_n)]
     scrape_thread = threading.Thread(target=scraper)
@@ -507,6 +513,7 @@ def test_eight_threads_incrementing_while_scraping_get_exact_totals() -> None:
 
     assert problems == []
     total = threads_n * per_thread
+    assert scrapes and scrapes[0] < total  # at least one scrape ran mid-way
     s = check_registry(r, promtool=True)
     assert s[("app_ops_total", (("who", "shared"),))] == total
     for i in range(threads_n):
