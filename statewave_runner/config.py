@@ -171,7 +171,9 @@ class RunnerConfig:
     port: int = option(3000, min=0, max=65535, doc="HTTP port (0 picks a free one)")
     state_dir: str = option("./var/connectors-state", doc="default directory for state files")
     log_format: Literal["json", "text"] = option("json", doc="json | text")
-    log_level: Literal["debug", "info", "warning", "error"] = option("info")
+    log_level: Literal["debug", "info", "warn", "warning", "error", "critical"] = option(
+        "info", doc="debug | info | warn | error | critical"
+    )
     timezone: str | None = option(None, doc="default IANA zone for cron schedules (UTC)")
     state: StateConfig = option(default_factory=StateConfig)
     metrics: MetricsConfig = option(default_factory=MetricsConfig)
