@@ -534,6 +534,10 @@ class HttpClient:
         resp = self.request("POST", url, json=obj, **kwargs)
         return resp.json() if resp.body else None
 
+    def now(self) -> float:
+        """The client's clock (unix time); connectors use it for ``retry_at`` arithmetic."""
+        return self._clock()
+
     def close(self) -> None:
         """Close every pooled connection. Idempotent; later requests fail."""
         self._closed = True
