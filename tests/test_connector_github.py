@@ -580,3 +580,9 @@ def test_config_keys_and_checks(gh: FakeGitHub) -> None:
     ok = GithubConfig(name="g", schedule="every 1m", repo="a/b", since_default="30d")
     assert list(ok.check()) == []
     assert isinstance(SPEC.factory(ok), GithubConnector)
+
+
+def test_registry_resolves_the_builtin() -> None:
+    from statewave_runner.connectors.registry import Registry
+
+    assert Registry().get("pull", "github") is SPEC

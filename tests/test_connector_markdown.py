@@ -340,3 +340,9 @@ def test_spec_and_config_validation(tmp_path: Path) -> None:
     assert list(cfg(tmp_path).check()) == []
     bad = MarkdownConfig(name="d", schedule="every 1m", path=" ", subject="s", include=[""])
     assert [k for k, _ in bad.check()] == ["path", "include"]
+
+
+def test_registry_resolves_the_builtin() -> None:
+    from statewave_runner.connectors.registry import Registry
+
+    assert Registry().get("pull", "markdown") is SPEC

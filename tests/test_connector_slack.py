@@ -462,3 +462,9 @@ def test_spec_and_config() -> None:
         "signing_secret",
         "channels",
     ]
+
+
+def test_registry_resolves_the_builtin() -> None:
+    from statewave_runner.connectors.registry import Registry
+
+    assert Registry().get("push", "slack") is PUSH_SPEC
