@@ -49,7 +49,7 @@ from .redact import Redactor, redact_url
 
 log = logging.getLogger("statewave_runner.http")
 
-DEFAULT_USER_AGENT = f"statewave-runner/{__version__} (+https://github.com/smaramwbc/statewave)"
+DEFAULT_USER_AGENT = f"statewave-runner/{__version__}"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
