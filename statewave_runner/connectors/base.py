@@ -22,10 +22,13 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..errors import ConnectorError
 from ..httptypes import Request, Response
+
+if TYPE_CHECKING:
+    from ..httpclient import HttpClient
 
 # --------------------------------------------------------------------------- episodes
 
@@ -305,7 +308,7 @@ class SyncRequest:
     max_items: int | None
     dry_run: bool
     stop: threading.Event
-    http: Any  # statewave_runner.httpclient.HttpClient
+    http: HttpClient
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
 
     def stopping(self) -> bool:
@@ -338,7 +341,7 @@ class PushContext(Protocol):
     name: str
     subject: str | None
     dedup: DedupStore
-    http: Any  # statewave_runner.httpclient.HttpClient
+    http: HttpClient
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
 
     def emit(self, episodes: Sequence[Episode]) -> int:
