@@ -20,6 +20,7 @@ docs/schedules.md for the full story):
 
 from __future__ import annotations
 
+import json
 import re
 from bisect import bisect_right
 from collections.abc import Iterator
@@ -159,11 +160,11 @@ def _load_zone(expr: str, tz: str | None) -> tzinfo:
     if tz is None:
         return UTC
     if not isinstance(tz, str) or not tz.strip():
-        raise ScheduleError(expr, f"unknown timezone {tz!r}")
+        raise ScheduleError(expr, f"unknown timezone {_q(str(tz))}")
     try:
         return ZoneInfo(tz.strip())
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ScheduleError(expr, f"unknown timezone {tz.strip()!r}") from None
+        raise ScheduleError(expr, f"unknown timezone {_q(tz.strip())}") from None
 
 
 def _tz_name(zone: tzinfo) -> str:
@@ -302,12 +303,12 @@ def _parse_interval(expr: str, zone: tzinfo) -> Schedule:
     if not unit:
         pos = m.start(4)
         if rest:
-            raise ScheduleError(expr, f"unexpected {rest[0]!r} after the number", m.start(5))
-        raise ScheduleError(expr, "missing unit after the number (use s, m, h or d)", pos)
+            raise ScheduleError(expr, f"unexpected {_q(rest[0])} after the number", m.start(5))
+        raise ScheduleError(expr, "missing unit after the number, expected s, m, h or d", pos)
     if unit.lower() not in _UNIT_SECONDS:
-        raise ScheduleError(expr, f"unknown unit {unit!r} (use s, m, h or d)", m.start(4))
+        raise ScheduleError(expr, f"unknown unit {_q(unit)}, expected s, m, h or d", m.start(4))
     if rest:
-        raise ScheduleError(expr, f"unexpected {rest.strip()!r} after the unit", m.start(5))
+        raise ScheduleError(expr, f"unexpected {_q(rest.strip())} after the unit", m.start(5))
     count = int(digits)
     if count < 1:
         raise ScheduleError(expr, "interval must be at least 1", m.start(2))
@@ -373,6 +374,11 @@ class _DomSpec:
     nearest: int = 0  # bit d set: dW
 
 
+def _q(text: str) -> str:
+    """Quote operator text for a reason: double quotes, control characters escaped."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _fail(expr: str, reason: str, pos: int) -> ScheduleError:
     return ScheduleError(expr, reason, pos)
 
@@ -383,7 +389,7 @@ def _value(expr: str, field: _Field, token: str, pos: int, *, range_end: bool = 
     else:
         upper = token.upper()
         if field.names is None or upper not in field.names:
-            raise _fail(expr, f"unknown name {token!r} in the {field.name} field", pos)
+            raise _fail(expr, f"unknown name {_q(token)} in the {field.name} field", pos)
         v = field.names[upper]
         if field is _DOW and range_end and v == 0:
             v = 7  # croner reads "FRI-SUN" as 5-7
@@ -413,8 +419,8 @@ def _values(expr: str, field: _Field, elem: str, pos: int) -> list[int]:
     if m is None:
         for i, ch in enumerate(elem):
             if not _VALID_CHARS.fullmatch(ch):
-                raise _fail(expr, f"unexpected character {ch!r}", pos + i)
-        raise _fail(expr, f"invalid {field.name} {elem!r}", pos)
+                raise _fail(expr, f"unexpected character {_q(ch)}", pos + i)
+        raise _fail(expr, f"invalid {field.name} {_q(elem)}", pos)
     top = field.lo + field.size - 1  # croner steps stop at the array end (day-of-week: 6)
     if m.group("star") is not None:
         step = _step(
@@ -536,6 +542,8 @@ def _parse_dow(expr: str, text: str, pos: int) -> list[int]:
             base = elem[:-1]
             bits = _LAST
         if base == "":
+            if elem.upper() == "L":
+                raise _modifier_error(expr, _DOW, "L", epos)
             raise _fail(expr, "expected a weekday before the modifier", epos)
         _check_letters(expr, _DOW, base, epos)
         for v in _values(expr, _DOW, base, epos):
@@ -781,17 +789,17 @@ def _parse_cron(expr: str, zone: tzinfo) -> Schedule:
         if nick == "@reboot":
             raise _fail(expr, '"@reboot" has no fire time', tokens[0][1])
         if nick not in _NICKNAMES:
-            raise _fail(expr, f"unknown nickname {tokens[0][0]!r}", tokens[0][1])
+            raise _fail(expr, f"unknown nickname {_q(tokens[0][0])}", tokens[0][1])
         sched = _build_cron(expr, [(t, tokens[0][1]) for t in _NICKNAMES[nick].split()], zone)
         sched._text = nick
         return sched
+    for tok, pos in tokens:
+        if tok.startswith("@"):
+            raise _fail(expr, f"nickname {_q(tok)} must be the whole expression", pos)
     if len(tokens) not in (5, 6):
         extra = " (a year field is not supported)" if len(tokens) == 7 else ""
         pos = tokens[6][1] if len(tokens) > 6 else len(expr.rstrip())
         raise _fail(expr, f"expected 5 or 6 fields, found {len(tokens)}{extra}", pos)
-    for tok, pos in tokens:
-        if tok.startswith("@"):
-            raise _fail(expr, f"nickname {tok!r} must be the whole expression", pos)
     return _build_cron(expr, tokens, zone)
 
 
@@ -812,7 +820,7 @@ def _build_cron(expr: str, tokens: list[tuple[str, int]], zone: tzinfo) -> CronS
     ) = fields
     for text, pos in fields[:5]:
         if "+" in text:
-            raise _fail(expr, "unexpected character '+'", pos + text.index("+"))
+            raise _fail(expr, 'unexpected character "+"', pos + text.index("+"))
     second = _parse_plain(expr, _SECOND, sec_t, sec_p)
     minute = _parse_plain(expr, _MINUTE, min_t, min_p)
     hour = _parse_plain(expr, _HOUR, hour_t, hour_p)
@@ -823,7 +831,7 @@ def _build_cron(expr: str, tokens: list[tuple[str, int]], zone: tzinfo) -> CronS
     if and_logic and dow_text == "":
         raise _fail(expr, '"+" must be followed by a day-of-week', dow_p)
     if "+" in dow_text:
-        raise _fail(expr, "unexpected character '+'", dow_p + dow_t.index("+", 1))
+        raise _fail(expr, 'unexpected character "+"', dow_p + dow_t.index("+", 1))
     dow = _parse_dow(expr, dow_text, dow_p + (1 if and_logic else 0))
     # "?" is an alias of "*" (OCPS 1.4, croner's documentation) -- also for the
     # day-of-month/day-of-week rule below; see docs/schedules.md.
@@ -846,7 +854,7 @@ def _build_cron(expr: str, tokens: list[tuple[str, int]], zone: tzinfo) -> CronS
         )
     ]
     if never and len(never) == bin(month).count("1"):
-        names = ",".join(_MONTH_ABBR[mo] for mo in never)
+        names = "any month" if len(never) == 12 else ",".join(_MONTH_ABBR[mo] for mo in never)
         if star_dow:
             raise _fail(expr, f"day-of-month {dom_t} never occurs in {names}", dom_p)
         raise _fail(
