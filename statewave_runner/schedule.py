@@ -106,6 +106,15 @@ def parse(expr: str, tz: str | None = None) -> Schedule:
     """
     if not isinstance(expr, str):
         raise ScheduleError(repr(expr), "schedule must be a string")
+    if tz is not None and not isinstance(tz, str):
+        raise ScheduleError(expr, f"unknown timezone {_q(str(tz))}")
+    # Schedules are immutable: thousands of sources with the same expression
+    # share one (and its precomputed tables).
+    return _parse_cached(expr, tz)
+
+
+@lru_cache(maxsize=4096)
+def _parse_cached(expr: str, tz: str | None) -> Schedule:
     zone = _load_zone(expr, tz)
     stripped = expr.strip()
     if not stripped:

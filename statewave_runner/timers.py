@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 # and firing, and a tick must not run early by more than that.
 _EARLY_TOLERANCE = 0.0005
 
+# Due ticks dispatched per lock hold; a burst larger than this is dispatched in
+# slices so workers can start the first ticks while the rest are being queued.
+_DISPATCH_CHUNK = 32
+
 
 @dataclass(frozen=True, slots=True)
 class TimerInfo:
@@ -297,26 +301,37 @@ class Timers:
         call it after advancing their fake clocks.
         """
         hooks: list[_Hook] = []
-        with self._lock:
-            if not self._started or self._stopping:
-                return None
-            mono, wall = self._mono(), self._wall()
-            self._check_jump(mono, wall)
-            heap = self._heap
-            while heap and heap[0][0] <= mono:
-                due, seq, entry = heapq.heappop(heap)
-                if entry.removed or seq != entry.seq:
-                    continue
-                if entry.next_wall is not None and wall < entry.next_wall - _EARLY_TOLERANCE:
-                    # The monotonic due time came before the wall time it stands
-                    # for (clock slew, small step back): wait the difference.
-                    self._push(entry, mono + (entry.next_wall - wall))
-                    continue
-                self._fire(entry, due, mono, wall, hooks)
-            nxt = heap[0][0] - mono if heap else None
-        for hook in hooks:
-            self._call_hook(hook)
-        return nxt
+        first = True
+        while True:
+            with self._lock:
+                if not self._started or self._stopping:
+                    return None
+                mono, wall = self._mono(), self._wall()
+                if first:
+                    self._check_jump(mono, wall)
+                    first = False
+                heap = self._heap
+                budget = _DISPATCH_CHUNK
+                while heap and heap[0][0] <= mono and budget:
+                    due, seq, entry = heapq.heappop(heap)
+                    if entry.removed or seq != entry.seq:
+                        continue
+                    budget -= 1
+                    if entry.next_wall is not None and wall < entry.next_wall - _EARLY_TOLERANCE:
+                        # The monotonic due time came before the wall time it stands
+                        # for (clock slew, small step back): wait the difference.
+                        self._push(entry, mono + (entry.next_wall - wall))
+                        continue
+                    self._fire(entry, due, mono, wall, hooks)
+                more = bool(budget == 0 and heap and heap[0][0] <= mono)
+                nxt = heap[0][0] - mono if heap else None
+            for hook in hooks:
+                self._call_hook(hook)
+            hooks.clear()
+            if not more:
+                return nxt
+            # A burst (many sources due at once): let workers take the lock and
+            # start the ticks dispatched so far before dispatching the rest.
 
     # ------------------------------------------------------------------ internals
 
