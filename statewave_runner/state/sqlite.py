@@ -239,27 +239,37 @@ class SqliteState:
         return self._committer.submit(payload, touches_cursors=touches_cursors)
 
     def _run_batch(self, ops: list[Op]) -> None:
-        conn = self._writer
         now = self._clock()
-        savepoints = len(ops) > 1
+        # Optimistic first: the whole batch in one transaction, no savepoints.
+        # If one operation fails, roll back and run the batch again with a
+        # savepoint around each operation, so only the failing one fails.
+        if len(ops) == 1 or not self._attempt(ops, now, isolate=False):
+            self._attempt(ops, now, isolate=len(ops) > 1)
+
+    def _attempt(self, ops: list[Op], now: float, *, isolate: bool) -> bool:
+        """One transaction over ``ops``; False (nothing settled) to ask for isolation."""
+        conn = self._writer
         pending: list[tuple[Op, Any]] = []
         current: Op | None = None
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in ops:
                 current = op
-                if savepoints:
+                if isolate:
                     conn.execute("SAVEPOINT op")
                 try:
                     result = op.payload(conn, now)
                 except Exception as exc:
-                    if not savepoints:
+                    if not isolate:
+                        if len(ops) > 1:
+                            conn.execute("ROLLBACK")
+                            return False
                         raise
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     op.fail(self._wrap(exc, "write"))
                     continue
-                if savepoints:
+                if isolate:
                     conn.execute("RELEASE op")
                 pending.append((op, result))
             current = None
@@ -278,10 +288,11 @@ class SqliteState:
                     err = StateError(f"{self._where()}: write transaction failed: {exc}")
                     err.__cause__ = exc
                     op.fail(err)
-            return
+            return True
         self._after_commit(token)
         for op, result in pending:
             op.succeed(result)
+        return True
 
     def _before_commit(self, conn: Conn, ops: list[Op], now: float) -> object:
         """Hook inside the write transaction, after the batch's operations."""
