@@ -309,3 +309,38 @@ def test_synchronous_commit_off_is_turned_back_on(postgres_url: str, schema: str
 def test_identifiers_are_validated_before_connecting(kwargs: dict[str, str], match: str) -> None:
     with pytest.raises(StateError, match=match):
         PostgresState("postgresql://nobody@203.0.113.1:1/none", **kwargs)  # type: ignore[arg-type]
+
+
+def test_expired_keys_are_purged_in_bounded_chunks(
+    postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from statewave_runner.state import postgres as pg_mod
+
+    from .state_helpers import FakeClock
+
+    monkeypatch.setattr(pg_mod, "PURGE_CHUNK", 40)
+    clock = FakeClock()
+    s = PostgresState(postgres_url, schema=schema, clock=clock)
+    try:
+        for n in range(100):
+            s.mark_if_new(f"evt-{n}", 1)
+        s.mark_if_new("live", 3600)
+
+        sql = f'SELECT count(*) FROM "{schema}".statewave_runner_seen'  # noqa: S608
+
+        def count() -> int:
+            return int(s._run("count", lambda c: c.execute(sql).fetchone()[0]))
+
+        s.claim(1, 30)  # first purge at start: nothing expired yet
+        assert count() == 101
+        clock.advance(pg_mod.PURGE_INTERVAL + 2)
+        s.claim(1, 30)  # the delivery worker's claim runs one bounded purge
+        assert count() == 61
+        s.claim(1, 30)  # within the interval: nothing more
+        assert count() == 61
+        clock.advance(pg_mod.PURGE_INTERVAL)
+        s.claim(1, 30)
+        assert count() == 21
+        assert s.contains("live")
+    finally:
+        s.close()

@@ -386,6 +386,7 @@ class PostgresState:
         time.sleep(0.05 * attempt)
 
     def _maybe_purge(self) -> None:
+        # Called from claim(), i.e. the delivery worker: off the put() path.
         now = self._clock()
         if now - self._last_purge < PURGE_INTERVAL or not self._purge_lock.acquire(blocking=False):
             return
@@ -471,7 +472,6 @@ class PostgresState:
             return
         for op, count in zip(ops, counts, strict=True):
             op.succeed(count)
-        self._maybe_purge()
 
     def _run_alone(self, op: Op, now: float) -> None:
         try:
