@@ -10,6 +10,22 @@ waiting, delivered or dead-lettered - is not queued again. This check and the
 insert happen in the same transaction, so a re-fetched overlapping window or a
 retried webhook never produces a second delivery, and a crash can never leave
 a key marked but not queued.
+
+Two more rules every backend keeps:
+
+* ``nack`` and ``dead_letter`` act only on a claim that is still current: if
+  the item's lease expired and another worker claimed it again (its attempt
+  count moved on), the stale call is ignored, so it cannot reschedule or bury
+  an item somebody else is delivering. ``ack`` always removes: the episode was
+  delivered, whoever delivered it.
+* Outbox ids are never reused, so a late ``ack`` of a stale claim can never
+  remove a different, newer item.
+
+Times (``retry_at``, leases of claimed items) are unix seconds from the
+process clock; backends accept a ``clock`` for tests. Replicas sharing a
+backend are assumed to have NTP-synchronised clocks.
+
+After :meth:`StateBackend.close` every method raises ``StateError``.
 """
 
 from __future__ import annotations
@@ -139,19 +155,23 @@ class StateBackend(Protocol):
 
     def nack(self, items: Sequence[ClaimedItem], retry_at: float, error: str) -> None:
         """Not delivered: due again at unix time ``retry_at``, or dead-lettered when
-        ``attempts >= max_attempts``."""
+        ``attempts >= max_attempts``. Ignored for a stale claim (see module docstring)."""
         ...
 
     def dead_letter(self, items: Sequence[ClaimedItem], error: str) -> None:
-        """Give up on these items now (the sink rejected them for good)."""
+        """Give up on these items now (the sink rejected them for good).
+
+        Ignored for a stale claim (see module docstring)."""
         ...
 
     def retry_dead(self, limit: int | None = None) -> int:
-        """Move dead-lettered items back to the queue with attempts reset."""
+        """Move dead-lettered items (oldest first) back to the queue, due now, with
+        attempts reset; returns how many moved."""
         ...
 
     def peek(self, limit: int, *, dead: bool = False) -> list[ClaimedItem]:
-        """Look at waiting (or dead) items without claiming them."""
+        """Look at up to ``limit`` live (waiting or in-flight) items, or dead ones,
+        oldest first, without claiming them."""
         ...
 
     def stats(self) -> OutboxStats: ...

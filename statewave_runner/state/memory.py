@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..errors import StateError
 from .base import (
     ClaimedItem,
     Health,
@@ -71,22 +72,38 @@ class MemoryState:
         self._leases: dict[str, tuple[str, float]] = {}
         self._closed = False
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StateError("memory state is closed")
+
     # ------------------------------------------------------------------ cursors
     def get_cursor(self, kind: str, name: str) -> str | None:
+        self._check_open()
         with self._lock:
             return self._cursors.get((kind, name))
 
     def set_cursor(self, kind: str, name: str, cursor: str) -> None:
+        self._check_open()
         with self._lock:
-            self._cursors[(kind, name)] = cursor
+            self._write_cursors(self._cursors, [(kind, name, cursor)])
 
     def delete_cursor(self, kind: str, name: str) -> bool:
+        self._check_open()
         with self._lock:
             return self._cursors.pop((kind, name), None) is not None
 
     def list_cursors(self) -> dict[tuple[str, str], str]:
+        self._check_open()
         with self._lock:
             return dict(self._cursors)
+
+    def _write_cursors(
+        self, target: dict[tuple[str, str], str], rows: Sequence[tuple[str, str, str]]
+    ) -> None:
+        # The cursor half of put_and_set_cursor; tests replace it to inject a
+        # failure between the two halves.
+        for kind, name, cursor in rows:
+            target[(kind, name)] = cursor
 
     # ------------------------------------------------------------------ dedup
     @staticmethod
@@ -98,6 +115,7 @@ class MemoryState:
                 del table[key]
 
     def mark_if_new(self, key: str, ttl_seconds: float) -> bool:
+        self._check_open()
         now = self._clock()
         with self._lock:
             self._purge(self._seen, self._seen_expiry, now)
@@ -110,43 +128,57 @@ class MemoryState:
             return True
 
     def contains(self, key: str) -> bool:
+        self._check_open()
         now = self._clock()
         with self._lock:
             expiry = self._seen.get(key)
             return expiry is not None and expiry > now
 
     # ------------------------------------------------------------------ outbox
-    def _put_locked(self, items: Sequence[OutboxItem], now: float) -> int:
+    def _new_rows(self, items: Sequence[OutboxItem], now: float) -> list[_Row]:
+        # Decides what a put adds without changing anything yet, so that
+        # put_and_set_cursor can apply both halves or neither.
         self._purge(self._queued_keys, self._queued_expiry, now)
-        added = 0
+        fresh: dict[str, _Row] = {}
         for item in items:
+            if item.key in fresh:
+                continue
             expiry = self._queued_keys.get(item.key)
             if expiry is not None and expiry > now:
                 continue
-            expiry = now + self.settings.dedup_ttl
-            self._queued_keys[item.key] = expiry
-            heapq.heappush(self._queued_expiry, (expiry, item.key))
-            row_id = str(next(self._ids))
-            self._rows[row_id] = _Row(row_id, item.key, item.body, item.origin, now)
-            added += 1
-        return added
+            fresh[item.key] = _Row("", item.key, item.body, item.origin, now)
+        return list(fresh.values())
+
+    def _apply_rows(self, rows: list[_Row], now: float) -> int:
+        expiry = now + self.settings.dedup_ttl
+        for row in rows:
+            self._queued_keys[row.key] = expiry
+            heapq.heappush(self._queued_expiry, (expiry, row.key))
+            row.id = str(next(self._ids))
+            self._rows[row.id] = row
+        return len(rows)
 
     def put(self, items: Sequence[OutboxItem]) -> int:
+        self._check_open()
         now = self._clock()
         with self._lock:
-            return self._put_locked(items, now)
+            return self._apply_rows(self._new_rows(items, now), now)
 
     def put_and_set_cursor(
         self, items: Sequence[OutboxItem], kind: str, name: str, cursor: str | None
     ) -> int:
+        self._check_open()
         now = self._clock()
         with self._lock:
-            added = self._put_locked(items, now)
+            rows = self._new_rows(items, now)
             if cursor is not None:
-                self._cursors[(kind, name)] = cursor
-            return added
+                staged = dict(self._cursors)
+                self._write_cursors(staged, [(kind, name, cursor)])
+                self._cursors = staged
+            return self._apply_rows(rows, now)
 
     def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
+        self._check_open()
         now = self._clock()
         out: list[ClaimedItem] = []
         with self._lock:
@@ -162,15 +194,17 @@ class MemoryState:
         return out
 
     def ack(self, items: Sequence[ClaimedItem]) -> None:
+        self._check_open()
         with self._lock:
             for item in items:
                 self._rows.pop(item.id, None)
 
     def nack(self, items: Sequence[ClaimedItem], retry_at: float, error: str) -> None:
+        self._check_open()
         with self._lock:
             for item in items:
                 row = self._rows.get(item.id)
-                if row is None:
+                if row is None or row.dead or row.attempts != item.attempts:
                     continue
                 row.lease_until = 0.0
                 row.retry_at = retry_at
@@ -179,15 +213,17 @@ class MemoryState:
                     row.dead = True
 
     def dead_letter(self, items: Sequence[ClaimedItem], error: str) -> None:
+        self._check_open()
         with self._lock:
             for item in items:
                 row = self._rows.get(item.id)
-                if row is not None:
+                if row is not None and not row.dead and row.attempts == item.attempts:
                     row.dead = True
                     row.lease_until = 0.0
                     row.last_error = error
 
     def retry_dead(self, limit: int | None = None) -> int:
+        self._check_open()
         moved = 0
         with self._lock:
             for row in self._rows.values():
@@ -197,14 +233,17 @@ class MemoryState:
                     row.dead = False
                     row.attempts = 0
                     row.retry_at = 0.0
+                    row.lease_until = 0.0
                     moved += 1
         return moved
 
     def peek(self, limit: int, *, dead: bool = False) -> list[ClaimedItem]:
+        self._check_open()
         with self._lock:
             return [r.view() for r in self._rows.values() if r.dead == dead][:limit]
 
     def stats(self) -> OutboxStats:
+        self._check_open()
         now = self._clock()
         with self._lock:
             live = [r for r in self._rows.values() if not r.dead]
@@ -217,6 +256,7 @@ class MemoryState:
 
     # ------------------------------------------------------------------ leases
     def acquire(self, key: str, owner: str, ttl_seconds: float) -> bool:
+        self._check_open()
         now = self._clock()
         with self._lock:
             held = self._leases.get(key)
@@ -226,6 +266,7 @@ class MemoryState:
             return True
 
     def renew(self, key: str, owner: str, ttl_seconds: float) -> bool:
+        self._check_open()
         now = self._clock()
         with self._lock:
             held = self._leases.get(key)
@@ -235,6 +276,7 @@ class MemoryState:
             return True
 
     def release(self, key: str, owner: str) -> bool:
+        self._check_open()
         now = self._clock()
         with self._lock:
             held = self._leases.get(key)

@@ -1,0 +1,133 @@
+"""Group commit: many threads' writes, one transaction and one fsync.
+
+A thread that submits an operation while no batch is running becomes the
+leader: it takes everything queued so far (its own operation included), hands
+the batch to the backend, which runs it in one transaction and records each
+operation's result or error, then wakes exactly the callers of that batch and,
+if more operations queued up meanwhile, hands leadership to the oldest of
+them. Operations that arrive while a batch is committing form the next batch,
+so the batch size grows with the load, and an idle system pays no added
+latency (no timer, no writer thread). Each waiter sleeps on its own lock: a
+batch wakes its own callers, not every waiting thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import StateError
+
+MAX_BATCH = 512
+"""Upper bound on operations per transaction, to bound its size and latency."""
+
+
+class Op:
+    """One submitted operation: a backend-specific ``payload`` and its outcome."""
+
+    __slots__ = ("_wake", "done", "error", "payload", "result", "touches_cursors")
+
+    def __init__(self, payload: Any, touches_cursors: bool) -> None:
+        self.payload = payload
+        self.touches_cursors = touches_cursors
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        self._wake = threading.Lock()
+        self._wake.acquire()  # released once: "done" or "you lead now"
+
+    def succeed(self, result: Any) -> None:
+        self.result = result
+        self.error = None
+        self.done = True
+
+    def fail(self, error: BaseException) -> None:
+        self.result = None
+        self.error = error
+        self.done = True
+
+
+class GroupCommitter:
+    """Serializes writes into batches run by ``run_batch`` (see module docstring).
+
+    ``run_batch(ops)`` must settle every op (``succeed``/``fail``) only once
+    the batch is durable; an op it leaves unsettled fails.
+    """
+
+    def __init__(self, run_batch: Callable[[list[Op]], None], what: str) -> None:
+        self._run_batch = run_batch
+        self._what = what
+        self._lock = threading.Lock()
+        self._queue: list[Op] = []
+        self._busy = False
+        self._closed = False
+        self.batches = 0
+        """Batches run so far (for tests and the benchmark)."""
+        self.ops = 0
+        """Operations run so far."""
+
+    def submit(self, payload: Any, *, touches_cursors: bool = False) -> Any:
+        """Run ``payload`` in the next batch; return its result or raise its error."""
+        op = Op(payload, touches_cursors)
+        with self._lock:
+            if self._closed:
+                raise StateError(f"{self._what} is closed")
+            self._queue.append(op)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            op._wake.acquire()  # until our batch is done, or we are handed the lead
+        if not op.done:
+            self._lead()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def _lead(self) -> None:
+        with self._lock:
+            batch = self._queue[:MAX_BATCH]
+            del self._queue[:MAX_BATCH]
+        try:
+            self._run_batch(batch)
+        except BaseException as exc:
+            for op in batch:
+                if not op.done:
+                    op.fail(_copy_error(exc, self._what))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for op in batch:
+                if not op.done:  # run_batch returned without settling: a bug, not a success
+                    op.fail(StateError(f"{self._what}: operation was not run"))
+            with self._lock:
+                self.batches += 1
+                self.ops += len(batch)
+                successor = self._queue[0] if self._queue else None
+                self._busy = successor is not None
+            for op in batch:
+                op._wake.release()
+            if successor is not None:
+                successor._wake.release()
+
+    def close(self) -> None:
+        """Refuse new operations; wait until everything queued has run."""
+        with self._lock:
+            self._closed = True
+        while True:
+            with self._lock:
+                if not self._busy and not self._queue:
+                    return
+            time.sleep(0.001)
+
+
+def _copy_error(exc: BaseException, what: str) -> BaseException:
+    # Each waiter raises its own exception object: several threads raising one
+    # object would interleave their tracebacks on it.
+    if isinstance(exc, StateError):
+        copy = StateError(str(exc))
+    else:
+        copy = StateError(f"{what}: {type(exc).__name__}: {exc}")
+    copy.__cause__ = exc
+    return copy
