@@ -35,7 +35,7 @@ Scripting failures::
 
 Assertions: ``sw.requests`` (every request with its raw bytes), ``sw.episodes``
 (every accepted episode as stored, in order), ``sw.idempotency_keys()``,
-``sw.wait_for_episodes(n)``.
+``sw.wait_for_episodes(n)``, ``sw.wait_idle()`` (no request being handled).
 
 Run standalone (benches): ``python -m tests.fakes.statewave --api-key K`` prints
 its URL on stdout; ``GET /_fake/stats`` answers counts (not a Statewave route).
@@ -391,6 +391,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # -- one request
     def _serve(self) -> None:
+        self.fake._busy(+1)
+        try:
+            self._serve_one()
+        finally:
+            self.fake._busy(-1)
+
+    def _serve_one(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
         split = urlsplit(self.path)
@@ -500,6 +507,7 @@ class FakeStatewave:
         self._episode_count = 0
         self._keys: list[str | None] = []
         self._conn_ids = itertools.count(1)
+        self._in_flight = 0
         self._open: dict[socket.socket, int] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -627,6 +635,17 @@ class FakeStatewave:
                 self._changed.wait(left)
             return True
 
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until no request is being handled (e.g. a ``Delay``); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
     def reset(self) -> None:
         """Forget recorded requests and episodes (scripts and modes stay)."""
         with self._lock:
@@ -637,6 +656,11 @@ class FakeStatewave:
             self._episode_count = 0
 
     # ---- internals used by the handler
+    def _busy(self, delta: int) -> None:
+        with self._changed:
+            self._in_flight += delta
+            self._changed.notify_all()
+
     def _register(self, sock: socket.socket) -> int:
         with self._lock:
             conn_id = next(self._conn_ids)
