@@ -427,8 +427,8 @@ class HttpSink:
 
     ``POST {url}/v1/episodes/batch`` with ``{"episodes": [...]}``; when the
     server answers 404/405 there (an older server) it switches, for the life of
-    the sink, to ``POST {url}/v1/episodes`` per episode. Thread-safe: each
-    concurrent call uses its own pooled connection.
+    the sink, to ``POST {url}/v1/episodes`` per episode (``batch=False`` starts
+    that way). Thread-safe: each concurrent call uses its own pooled connection.
     """
 
     def __init__(
@@ -440,6 +440,7 @@ class HttpSink:
         timeout: float = 10.0,
         user_agent: str = USER_AGENT,
         max_connections: int = 4,
+        batch: bool = True,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -473,7 +474,8 @@ class HttpSink:
             headers.append(("X-Tenant-ID", tenant_id))
         self._headers = tuple(headers)
         self._tenant = bool(tenant_id)
-        self._batch_route: bool | None = None
+        # None: not tried yet; False: one POST /v1/episodes per episode.
+        self._batch_route: bool | None = None if batch else False
         self._lock = threading.Lock()
 
     # ---- what the worker reads

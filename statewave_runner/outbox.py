@@ -12,9 +12,10 @@ sink's answer (see ``ingest.py`` for the error contract):
 * ``RetryableError`` (5xx, 429, timeouts, connection errors): nack with
   ``retry_at`` = Retry-After or exponential backoff with full jitter, and
   *stall*: no thread claims anything until that moment; then the sink is
-  probed (when it can be) and one item is tried; batches grow back 1, 2, 4 ...
+  probed (when it can be) and one item is tried; batches grow back 2, 4, 8 ...
   as they succeed. A stalled sink therefore costs no attempts but the trial
-  item's, and does not hammer the server.
+  item's (a failed trial item is parked so the next trial takes another one),
+  and does not hammer the server.
 * ``AuthError`` (401/403, missing tenant, wrong URL): nack without backoff,
   *pause*: one error log line, nothing dead-lettered; the sink is probed every
   ``probe_interval`` and delivery resumes by itself once it is accepted.
@@ -59,6 +60,8 @@ log_default = logging.getLogger("statewave_runner.delivery")
 
 DeliveryState = Literal["running", "stalled", "paused_auth", "stopped"]
 ERROR_MAX = 1000
+# Longest a failed trial item is parked behind the others (see _park_seconds).
+MAX_PARK = 3600.0
 
 
 def outbox_item(episode: Episode, origin: str = "") -> OutboxItem:
@@ -146,7 +149,7 @@ class DeliveryWorker:
         concurrency: int = 2,
         lease_seconds: float = 300.0,
         backoff_initial: float = 1.0,
-        backoff_max: float = 300.0,
+        backoff_max: float = 60.0,
         poll_interval: float = 1.0,
         probe_interval: float = 30.0,
         stall_log_interval: float = 300.0,
@@ -320,16 +323,32 @@ class DeliveryWorker:
                 self._log.info("state backend answers again: delivery continues")
             if not items:
                 if trial:
-                    # The sink answers and nothing is due: nothing is stalled.
-                    self._recovered()
+                    self._nothing_due_on_trial()
                 return self.poll_interval
-            self._deliver(items)
+            self._deliver(items, trial=trial)
             with self._lock:
                 return 0.0 if self._state == "running" else self._gate_delay_locked()
         finally:
             if trial:
                 with self._lock:
                     self._trial_busy = False
+
+    def _nothing_due_on_trial(self) -> None:
+        """The sink answered the probe but no item is due for a trial."""
+        with self._lock:
+            paused = self._state == "paused_auth"
+        if paused or self._queue_empty():
+            self._recovered()  # the sink takes requests and nothing waits
+            return
+        # Failed trial items are parked for a while: look again shortly.
+        with self._lock:
+            self._gate = self._clock() + self.poll_interval * 5
+
+    def _queue_empty(self) -> bool:
+        try:
+            return self.state.stats().depth == 0
+        except StateError:
+            return False
 
     def _wait_for_gate(self) -> float:
         with self._lock:
@@ -377,7 +396,7 @@ class DeliveryWorker:
         self._notify("attempt", "success", len(pending), time.monotonic() - started)
         return None
 
-    def _deliver(self, items: Sequence[ClaimedItem]) -> None:
+    def _deliver(self, items: Sequence[ClaimedItem], *, trial: bool = False) -> None:
         pending = self._decode(items)
         isolate = False
         while pending:
@@ -411,8 +430,22 @@ class DeliveryWorker:
                     pending = failed + after
                 continue
             retry_at = self._stalled(message, error.retry_after)
+            if trial and failed:
+                retry_at += self._park_seconds(failed[0][0].attempts)
             self._nack(failed + after, retry_at, message)
             return
+
+    def _park_seconds(self, attempts: int) -> float:
+        """How long a failed trial item waits behind the others.
+
+        An outage that only inserts notice (the probe passes, e.g. Statewave's
+        database is down) costs each trial one attempt. Parking the trial item
+        for ``backoff_max * 2**(attempts-1)`` (at most :data:`MAX_PARK`) makes
+        the next trial take another item and keeps every item's attempts
+        growing only logarithmically with the outage's length.
+        """
+        exponent = min(max(attempts, 1) - 1, 32)
+        return float(min(MAX_PARK, self.backoff_max * 2.0**exponent))
 
     # ------------------------------------------------------------------ outcomes
     def _ack(self, pairs: Sequence[tuple[ClaimedItem, Episode]]) -> None:
@@ -451,8 +484,8 @@ class DeliveryWorker:
         for item in items:
             self._log.warning(
                 "episode %s from %s dead-lettered: %s "
-                "(see `python -m statewave_runner state outbox peek`; "
-                "`state outbox retry-dead` queues it again)",
+                "(`python -m statewave_runner state outbox stats` counts dead letters; "
+                "`state outbox retry-dead` queues them again)",
                 item.key,
                 item.origin or "?",
                 error,

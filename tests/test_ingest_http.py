@@ -409,3 +409,11 @@ def test_describe_names_the_url_and_never_the_key(sink: HttpSink, fake: FakeStat
     info = sink.describe()
     assert info["url"] == fake.url and info["kind"] == "http"
     assert KEY not in repr(info)
+
+
+def test_batch_false_posts_one_episode_per_request_from_the_start(fake: FakeStatewave) -> None:
+    sink = HttpSink(fake.url, api_key=KEY, batch=False)
+    sink.ingest([ep(1), ep(2)])
+    assert [r.path for r in fake.requests] == ["/v1/episodes", "/v1/episodes"]
+    assert fake.requests[0].json()["metadata"]["idempotency_key"] == ep(1).idempotency_key
+    assert sink.max_batch == FALLBACK_BATCH

@@ -32,7 +32,7 @@ from statewave_runner.outbox import (
     full_jitter_backoff,
     outbox_item,
 )
-from statewave_runner.state.base import ClaimedItem, OutboxItem
+from statewave_runner.state.base import ClaimedItem, OutboxItem, OutboxSettings
 from statewave_runner.state.memory import MemoryState
 from tests.fakes import FakeStatewave, Respond
 
@@ -372,6 +372,32 @@ def test_after_a_stall_batches_grow_back_one_two_four(
     sizes = [len(r.json()["episodes"]) for r in fake.requests if r.path.endswith("/batch")]
     assert sizes == [40, 1, 2, 4, 8, 16, 9]
     assert fake.episode_count == 40
+
+
+def test_long_insert_outage_spreads_trial_attempts_and_dead_letters_nothing(
+    clock: FakeClock, fake: FakeStatewave
+) -> None:
+    # The server answers (probes pass) but every insert fails, like a database
+    # outage behind a running Statewave: each trial spends one attempt.
+    state = MemoryState(OutboxSettings(max_attempts=20), clock=clock)
+    worker = make_worker(state, HttpSink(fake.url, api_key=KEY), clock, backoff_max=10.0)
+    queue(state, [ep(n) for n in range(8)])
+    fake.db_down = True
+    for _ in range(720):  # an hour of trials every 5 s
+        worker.step()
+        clock.advance(5)
+    trials = [r for r in fake.requests if r.path.endswith("/batch")]
+    assert len(trials) >= 40
+    attempts = [item.attempts for item in state.peek(100)]
+    assert max(attempts) <= 10  # spread over the queue and parked, far from 20
+    assert state.stats().dead == 0
+    assert worker.status().state == "stalled"
+    fake.db_down = False
+    for _ in range(800):  # parked items come back within MAX_PARK (an hour)
+        worker.step()
+        clock.advance(5)
+    assert Counter(fake.idempotency_keys()) == Counter(ep(n).idempotency_key for n in range(8))
+    assert worker.status().state == "running"
 
 
 def test_full_jitter_backoff_bounds() -> None:

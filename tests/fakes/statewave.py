@@ -37,7 +37,7 @@ Assertions: ``sw.requests`` (every request with its raw bytes), ``sw.episodes``
 (every accepted episode as stored, in order), ``sw.idempotency_keys()``,
 ``sw.wait_for_episodes(n)``, ``sw.wait_idle()`` (no request being handled).
 
-Run standalone (benches): ``python -m tests.fakes.statewave --api-key K`` prints
+Run standalone (benches): ``python -m tests.fakes --api-key K`` prints
 its URL on stdout; ``GET /_fake/stats`` answers counts (not a Statewave route).
 """
 
@@ -352,6 +352,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "FakeStatewave/0.7"
     sys_version = ""
     timeout = 60
+    # Headers and body are two writes: without this, Nagle + delayed ACK add
+    # ~40 ms per response, which the real server (uvicorn) does not have.
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:
@@ -894,7 +897,7 @@ def iter_jsonl(path: str) -> Iterator[dict[str, Any]]:
 
 def main(argv: list[str] | None = None, *, ready: Callable[[str], None] | None = None) -> int:
     """Serve until stdin closes (or SIGTERM). Prints the URL as the first line."""
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.statewave")
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes")
     parser.add_argument("--api-key", default="test-key")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-record", action="store_true", help="keep counts only")
