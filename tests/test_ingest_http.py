@@ -157,6 +157,23 @@ def test_the_fake_answers_500_to_nul_like_postgres(fake: FakeStatewave) -> None:
     assert fake.episode_count == 0
 
 
+def test_the_fake_answers_500_to_nan_and_keeps_unknown_keys_out(fake: FakeStatewave) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+    good = '{"subject_id":"s","source":"x","type":"t","payload":{},"extra":NaN,"k\\u0000":1}'
+    conn.request("POST", "/v1/episodes", good, {"X-API-Key": KEY})
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 201  # unknown top-level keys are dropped before storage
+    assert fake.episodes[0].doc.keys() >= {"subject_id", "payload"}
+    assert "extra" not in fake.episodes[0].doc
+    bad = '{"subject_id":"s","source":"x","type":"t","payload":{"v":Infinity}}'
+    conn.request("POST", "/v1/episodes", bad, {"X-API-Key": KEY})
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 500
+    assert fake.episode_count == 1
+
+
 def test_the_fake_ignores_bearer_tokens(fake: FakeStatewave) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
     conn.request("POST", "/v1/episodes", "{}", {"Authorization": f"Bearer {KEY}"})
