@@ -97,16 +97,25 @@ class DeliveryError(StatewaveRunnerError):
     """Delivering episodes to the sink failed.
 
     ``retryable`` says whether the same batch may succeed later; ``retry_after``
-    (seconds) is the sink's own hint, e.g. from ``Retry-After``.
+    (seconds) is the sink's own hint, e.g. from ``Retry-After``. ``delivered``
+    is how many episodes at the start of the batch the sink did accept before
+    it failed (a sink that sends one by one); the worker acknowledges those and
+    applies the error to the rest only.
     """
 
     retryable: bool = False
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, status: int | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        delivered: int = 0,
     ):
         self.retry_after = retry_after
         self.status = status
+        self.delivered = delivered
         super().__init__(message)
 
 
@@ -121,7 +130,8 @@ class PermanentError(DeliveryError):
 
     ``index`` is the position within the batch of the episode that caused it,
     when the sink said so (Statewave's 422 on ``/v1/episodes/batch``); the other
-    episodes of the batch may then be retried without it.
+    episodes of the batch may then be retried without it. Without ``index`` the
+    worker retries the batch's episodes one by one to find the bad one(s).
     """
 
     def __init__(
@@ -130,9 +140,10 @@ class PermanentError(DeliveryError):
         *,
         index: int | None = None,
         status: int | None = None,
+        delivered: int = 0,
     ):
         self.index = index
-        super().__init__(message, status=status)
+        super().__init__(message, status=status, delivered=delivered)
 
 
 class AuthError(DeliveryError):
