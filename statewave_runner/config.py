@@ -55,8 +55,8 @@ class StatewaveConfig:
     max_attempts: int = option(
         20, min=1, doc="delivery attempts before an episode is dead-lettered"
     )
-    backoff_initial: float = option(1.0, min=0.0, doc="seconds before the first retry")
-    backoff_max: float = option(300.0, min=0.0, doc="cap on the retry delay, seconds")
+    backoff_initial: float = option(1.0, min=0.001, doc="seconds before the first retry")
+    backoff_max: float = option(60.0, min=0.001, doc="cap on the retry delay, seconds")
     dedup_ttl: float = option(
         7 * 24 * 3600.0, min=0.0, doc="seconds an idempotency key blocks a re-queue"
     )
@@ -73,22 +73,12 @@ class StatewaveConfig:
         return rest[2:] if rest.startswith("//") else rest
 
     def check(self) -> Iterable[tuple[str, str]]:
-        if self.is_file_sink:
-            if not self.file_path:
-                yield "url", 'expected "file:PATH" with a path'
-            return
+        from .ingest import validate_sink_url
+
         try:
-            parts = urlsplit(self.url)
+            validate_sink_url(self.url)
         except ValueError as exc:
-            yield "url", f"not a URL ({exc})"
-            return
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            yield (
-                "url",
-                f'expected an http(s) URL or "file:PATH", got "{redact_url(self.url)}"',
-            )
-        elif parts.username is not None or parts.password is not None:
-            yield "url", "must not contain credentials; put the key in api_key"
+            yield "url", f"{exc} (got \"{redact_url(self.url)}\")"
         if self.backoff_max < self.backoff_initial:
             yield "backoff_max", "must be >= backoff_initial"
 

@@ -31,7 +31,8 @@ _URL_CRED_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s:@]*)(:[^/\s@]*)?@
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***`` (the user name is kept).
 
-    ``postgresql://app:s3cret@db:5432/x`` -> ``postgresql://app:***@db:5432/x``.
+    ``postgresql://app:s3cret@db:5432/x`` -> ``postgresql://app:***@db:5432/x``;
+    ``https://TOKEN@host`` -> ``https://***@host``.
     Query parameters named like secrets (token, key, password, secret,
     signature) are masked too. A string that is not a URL is returned with
     inline credentials masked.
@@ -44,7 +45,9 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:{MASK}@{hostport}" if ":" in userinfo or user else f"{MASK}@{hostport}"
+        # user:password keeps the user; a lone userinfo may itself be a token
+        # (https://TOKEN@host), so it is masked whole.
+        netloc = f"{user}:{MASK}@{hostport}" if ":" in userinfo else f"{MASK}@{hostport}"
     query = parts.query
     if query:
         query = re.sub(

@@ -151,9 +151,15 @@ def test_cross_field_rules_and_url_rules() -> None:
     got = problems(GOOD.replace('repo = "smaramwbc/statewave"', 'repo = "smaramwbc"'))
     assert got == ['pull.demo[0].repo: expected "owner/name", got "smaramwbc"']
     got = problems(GOOD.replace("https://statewave.example.com", "ftp://x"))
-    assert got == ['statewave.url: expected an http(s) URL or "file:PATH", got "ftp://x"']
-    got = problems(GOOD.replace("https://statewave", "https://u:p@statewave"))
-    assert got == ["statewave.url: must not contain credentials; put the key in api_key"]
+    assert got == [
+        "statewave.url: scheme 'ftp' is not supported: use http://, https:// or file:PATH "
+        '(e.g. url = "file:./episodes.jsonl" to try things out) (got "ftp://x")'
+    ]
+    got = problems(GOOD.replace("https://statewave", "https://u:pw123@statewave"))
+    assert got == [
+        "statewave.url: must not contain credentials (user:password@); put the key in api_key "
+        '(got "https://u:***@statewave.example.com")'
+    ]
 
 
 def test_metrics_path_may_not_shadow_a_receiver() -> None:
