@@ -48,6 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 _OURS = """
 import os, sys, time
 sys.path.insert(0, {root!r})
+if {access_log!r}:
+    import logging
+    logging.basicConfig(level=logging.DEBUG, stream=open(os.devnull, "w"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
 from statewave_runner.server import Server
 server = Server("127.0.0.1", 0)
 server.start()
@@ -78,9 +82,11 @@ server.serve_forever()
 """
 
 
-def start_server(kind: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(kind: str, access_log: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     read_fd, write_fd = os.pipe()
-    code = (_OURS if kind == "ours" else _NAIVE).format(root=str(ROOT), fd=write_fd)
+    code = (_OURS if kind == "ours" else _NAIVE).format(
+        root=str(ROOT), fd=write_fd, access_log=access_log
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code], pass_fds=(write_fd,), stderr=subprocess.DEVNULL
     )
@@ -249,6 +255,11 @@ def main() -> None:
     ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--procs", type=int, default=2, help="python client processes")
+    ap.add_argument(
+        "--access-log",
+        action="store_true",
+        help="ours writes an access log line per request (DEBUG level, to /dev/null)",
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args()
 
@@ -265,11 +276,12 @@ def main() -> None:
 
     print(
         f"GET /healthz, {args.connections} connections, {args.duration:g}s per case, "
-        f"client={client}, cpus={os.cpu_count()}, python={sys.version.split()[0]}"
+        f"client={client}, cpus={os.cpu_count()}, python={sys.version.split()[0]}, "
+        f"access log={'on' if args.access_log else 'off (probes log at DEBUG)'}"
     )
     results: dict[str, dict[str, object]] = {}
     for kind in ("ours", "naive"):
-        proc, port = start_server(kind)
+        proc, port = start_server(kind, args.access_log)
         try:
             time.sleep(0.5)
             idle = rss_mb(proc.pid)

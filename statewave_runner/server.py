@@ -135,7 +135,7 @@ class _HTTPError(Exception):
         self.linger = linger
         # What the access log shows, once the request line was understood.
         self.method = "-"
-        self.target = "-"
+        self.path = "-"
         super().__init__(f"{status} {error}: {detail}")
 
     def response(self, extra: dict[str, Any] | None = None) -> Response:
@@ -240,7 +240,6 @@ class _WorkerPool:
                 self._jobs.put(job)
                 return
             self._threads += 1
-            self._jobs.put(job)
         thread = threading.Thread(
             target=self._work, name=f"{self._name}-{next(self._seq)}", daemon=True
         )
@@ -249,12 +248,10 @@ class _WorkerPool:
         except RuntimeError:
             with self._lock:
                 self._threads -= 1
-            # Take our job back out; another worker may have taken it already.
-            try:
-                self._jobs.get_nowait()
-            except queue.Empty:
-                return
             raise
+        # One job per new thread keeps waiting workers >= queued jobs; which
+        # worker takes which job does not matter.
+        self._jobs.put(job)
 
     def _work(self) -> None:
         jobs = self._jobs
@@ -387,10 +384,10 @@ class _Lingerer:
 
 
 def _timeval(seconds: float) -> bytes:
-    # A zero timeval means "block forever": never ask for less than 1 us.
     sec = int(seconds)
-    usec = max(1, int((seconds - sec) * 1_000_000)) if sec == 0 else int((seconds - sec) * 1e6)
-    return struct.pack("ll", sec, usec)
+    usec = int((seconds - sec) * 1_000_000)
+    # A zero timeval means "block forever": never ask for less than 1 us.
+    return struct.pack("ll", sec, usec if sec or usec else 1)
 
 
 class _Conn:
@@ -432,7 +429,12 @@ class _Conn:
         self.sock.sendall(data)
 
 
-_KERNEL_TIMEOUTS = sys.platform.startswith("linux") and hasattr(socket, "SO_RCVTIMEO")
+# struct timeval is two native longs on 64-bit Linux; elsewhere use Python's timeouts.
+_KERNEL_TIMEOUTS = (
+    sys.platform.startswith("linux")
+    and hasattr(socket, "SO_RCVTIMEO")
+    and struct.calcsize("ll") == 16
+)
 
 
 class _ConnectionHandler(BaseRequestHandler):
@@ -845,7 +847,7 @@ class Server(ThreadingHTTPServer):
                 first = False
             else:
                 head_deadline = time.monotonic() + limits.header_timeout
-            method = target = "-"
+            method = path = "-"
             try:
                 end = buf.find(b"\r\n\r\n")
                 if end >= 0 and end + 4 <= limits.max_header_bytes:
@@ -853,7 +855,9 @@ class Server(ThreadingHTTPServer):
                 else:
                     buf, head_len = self._read_head(conn, buf, head_deadline)
                 req = self._parse_head(buf, head_len)
-                method, target, version, headers, length, chunked, conn_hdr, expect, rid_in = req
+                method, path, query, version, headers, length, chunked, conn_hdr, expect, rid_in = (
+                    req
+                )
                 rest = buf[head_len:]
                 body = b""
                 if length or chunked:
@@ -871,14 +875,13 @@ class Server(ThreadingHTTPServer):
             except _HTTPError as exc:
                 # The request could not be framed (or read): answer and close.
                 if method == "-":
-                    method, target = exc.method, exc.target
+                    method, path = exc.method, exc.path
                 rid = self._new_request_id()
                 data = self._serialize(exc.response(), rid, close=True, ka_hdr=False, head=False)
                 try:
                     conn.send(data, send_timeout)
                 except OSError:
                     return False
-                path = target.partition("?")[0]
                 self._log_access(method, path, exc.status, started, rid, remote, None, False)
                 return exc.linger
             except (_Closed, OSError):
@@ -898,9 +901,6 @@ class Server(ThreadingHTTPServer):
                 close = wants_close or not wants_keep
                 ka_hdr = not close
 
-            path, _, query = target.partition("?")
-            if path[0] != "/":
-                path = _origin_path(path)
             sane = rid_in and _SANE_REQUEST_ID.fullmatch(rid_in)
             rid = rid_in if sane else self._new_request_id()
 
@@ -923,16 +923,23 @@ class Server(ThreadingHTTPServer):
                 threw = True
                 resp = _json(500, {"error": "handler_threw", "request_id": rid})
                 data = self._serialize(resp, rid, close=close, ka_hdr=ka_hdr, head=head)
+            if close:
+                # The last response: log before sending it, so a client that
+                # reconnects at once waits for us instead of piling up
+                # connections (and threads) behind a slow log handler.
+                self._log_access(method, path, resp.status, started, rid, remote, route_path, threw)
+                with contextlib.suppress(OSError):
+                    conn.send(data, send_timeout)
+                return False
             try:
                 if conn.kernel:
                     sock.sendall(data)
                 else:
                     conn.send(data, send_timeout)
             except OSError:
-                close = True
-            self._log_access(method, path, resp.status, started, rid, remote, route_path, threw)
-            if close:
+                self._log_access(method, path, resp.status, started, rid, remote, route_path, threw)
                 return False
+            self._log_access(method, path, resp.status, started, rid, remote, route_path, threw)
 
     # ------------------------------------------------------------------ reading
 
@@ -976,8 +983,12 @@ class Server(ThreadingHTTPServer):
 
     def _parse_head(
         self, buf: bytes, head_len: int
-    ) -> tuple[str, str, int, list[tuple[str, str]], int, bool, str, str, str]:
-        """Parse the request line and headers. Raises _HTTPError(400/413/501/505)."""
+    ) -> tuple[str, str, str, int, list[tuple[str, str]], int, bool, str, str, str]:
+        """Parse the request line and headers. Raises _HTTPError(400/413/501/505).
+
+        Returns method, path, query, version (10 or 11), headers, body length,
+        chunked, Connection header, Expect header, X-Request-Id header.
+        """
         text = buf[:head_len].decode("latin-1")
         if _BAD_HEAD_CHARS.search(text):
             raise _HTTPError(400, "bad_request", "control character in request head")
@@ -988,14 +999,17 @@ class Server(ThreadingHTTPServer):
         m = _REQUEST_LINE.fullmatch(lines[0])
         if m is None:
             raise _HTTPError(400, "bad_request", "malformed request line")
-        method, target = m[1], m[2]
+        method = m[1]
+        path, _, query = m[2].partition("?")
         try:
+            if path[:1] != "/":
+                path = _origin_path(path)
             if m[3] != "1":
                 raise _HTTPError(505, "http_version_not_supported", "only HTTP/1.x is served")
             version = 10 if m[4] == "0" else 11
-            return (method, target, version, *self._parse_headers(lines, version))
+            return (method, path, query, version, *self._parse_headers(lines, version))
         except _HTTPError as exc:
-            exc.method, exc.target = method, target
+            exc.method, exc.path = method, path
             raise
 
     def _parse_headers(
@@ -1147,7 +1161,7 @@ class Server(ThreadingHTTPServer):
             resp = route.handler(request)
             if not isinstance(resp, Response):
                 raise TypeError(f"handler returned {type(resp).__name__}, not Response")
-        except Exception:
+        except BaseException:  # even SystemExit from a receiver must not take the server down
             self._log.exception(
                 "handler for %s %s raised; request_id=%s",
                 method,
@@ -1253,13 +1267,17 @@ class Server(ThreadingHTTPServer):
 
 
 def _origin_path(target: str) -> str:
-    """The path of an absolute-form target (``http://host/p`` -> ``/p``); other forms as-is."""
-    lower = target[:8].lower()
-    if lower.startswith("http://") or lower.startswith("https://"):
-        after = target.split("://", 1)[1]
-        slash = after.find("/")
-        return after[slash:] if slash >= 0 else "/"
-    return target
+    """The path of an absolute-form target (``http://host/p`` -> ``/p``); ``*`` as is.
+
+    Anything else is not a request target: 400.
+    """
+    if target == "*":
+        return target
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        slash = rest.find("/")
+        return rest[slash:] if slash >= 0 else "/"
+    raise _HTTPError(400, "bad_request", "malformed request target")
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:

@@ -155,6 +155,8 @@ def test_routing_is_exact_on_the_path() -> None:
 def test_absolute_form_target_is_routed_by_its_path() -> None:
     with serving() as server, Client(server.address) as c:
         assert c.request("GET", "http://example.com/healthz").status == 200
+        assert c.request("GET", "HTTPS://example.com/healthz?x=1").status == 200
+        assert c.request("OPTIONS", "*").status == 404
 
 
 def test_405_with_allow_before_the_handler_runs() -> None:
@@ -285,6 +287,15 @@ def test_handler_exception_is_500_with_request_id_logged_once(
     assert rid in errors[0].getMessage()
     assert errors[0].exc_info is not None
     assert getattr(errors[0], "request_id", None) == rid
+
+
+def test_handler_system_exit_is_a_500_not_a_dead_server() -> None:
+    def bye(request: Request) -> Response:
+        raise SystemExit(3)
+
+    with serving({"/x/y/events": (bye, ("POST",))}) as server, Client(server.address) as c:
+        assert c.request("POST", "/x/y/events", b"{}").status == 500
+        assert c.request("GET", "/healthz").status == 200
 
 
 @pytest.mark.parametrize(
@@ -531,6 +542,9 @@ def test_http_client_library_interoperates() -> None:
         (b"GET  /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET /healthz HTTP/1.1 extra\r\nHost: x\r\n\r\n", 400),
         (b"G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET ?x=1 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET ftp://h/healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET /health\x01z HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET /healthz HTTP/1.1\r\n\r\n", 400),  # no Host
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n", 400),
