@@ -65,6 +65,9 @@ NO_RECEIVERS = "(no push receivers configured)"  # the Node runner's words
 _LINGER_SECONDS = 1.0
 _MAX_LINGERING = 256
 _WORKER_IDLE_SECONDS = 60.0
+# At max_connections, a connection idle at least this long is closed to admit
+# a new one; younger idle connections are likely about to send their request.
+_EVICT_IDLE_SECONDS = 1.0
 _RECV_SIZE = 65536
 
 
@@ -400,11 +403,12 @@ class _Conn:
     ``stop()`` closes connections whose ``idle`` flag is set.
     """
 
-    __slots__ = ("idle", "kernel", "rcv", "sock")
+    __slots__ = ("idle", "idle_since", "kernel", "rcv", "sock")
 
     def __init__(self, sock: socket.socket, send_timeout: float):
         self.sock = sock
         self.idle = True  # until the first byte of a request arrives
+        self.idle_since = time.monotonic()
         self.rcv = -1.0
         self.kernel = _KERNEL_TIMEOUTS
         if self.kernel:
@@ -505,6 +509,7 @@ class Server(ThreadingHTTPServer):
         self._active = 0
         self._conns: set[_Conn] = set()
         self._rejected = 0
+        self._evicted = 0
         self._last_reject_log = 0.0
         self._rejected_since_log = 0
 
@@ -548,6 +553,11 @@ class Server(ThreadingHTTPServer):
     def rejected_connections(self) -> int:
         """Connections answered 503 because ``max_connections`` were open, since start."""
         return self._rejected
+
+    @property
+    def evicted_connections(self) -> int:
+        """Idle connections closed to make room for new ones at ``max_connections``."""
+        return self._evicted
 
     def route(
         self,
@@ -711,6 +721,16 @@ class Server(ThreadingHTTPServer):
         sock: socket.socket = request
         with self._conn_lock:
             admit = self._active < self.limits.max_connections and not self._draining
+            if not admit and not self._draining:
+                # At the cap, a connection idling for a while is worth less than
+                # a new client: close it (its thread sees EOF and leaves) and
+                # admit the newcomer. Only when none idles is the answer 503.
+                victim = self._idle_victim()
+                if victim is not None:
+                    victim.idle = False  # never picked twice
+                    _shutdown(victim.sock, socket.SHUT_RD)
+                    self._evicted += 1
+                    admit = True
             if admit:
                 self._active += 1
         if not admit:
@@ -752,6 +772,15 @@ class Server(ThreadingHTTPServer):
             host = "::1" if self.address_family == socket.AF_INET6 else "127.0.0.1"
         with contextlib.suppress(OSError):
             socket.create_connection((host, port), timeout=0.5).close()
+
+    def _idle_victim(self) -> _Conn | None:
+        """The connection idle the longest, if idle for at least _EVICT_IDLE_SECONDS."""
+        oldest = time.monotonic() - _EVICT_IDLE_SECONDS
+        victim = None
+        for conn in self._conns:
+            if conn.idle and conn.idle_since <= oldest:
+                victim, oldest = conn, conn.idle_since
+        return victim
 
     def _reject(self, sock: socket.socket) -> None:
         self._rejected += 1
@@ -824,6 +853,7 @@ class Server(ThreadingHTTPServer):
         while True:
             # ---- wait for a request: an idle connection is what stop() may close
             if not buf:
+                conn.idle_since = time.monotonic()
                 conn.idle = True
                 if self._draining:
                     return False

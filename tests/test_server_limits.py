@@ -160,8 +160,10 @@ def test_connection_cap_is_answered_503_with_retry_after() -> None:
         a, b = Client(server.address), Client(server.address)
         try:
             assert a.request("GET", "/healthz").status == 200
-            assert b.request("GET", "/healthz").status == 200
-            assert server.active_connections == 2
+            # Both are in the middle of a request, so neither can make room.
+            for c in (a, b):
+                c.send(b"GET /healthz HTTP/1.1\r\n")
+            assert wait_until(lambda: server.in_flight == 2)
             with Client(server.address) as c:
                 c.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
                 r = c.read_reply()
@@ -172,7 +174,9 @@ def test_connection_cap_is_answered_503_with_retry_after() -> None:
                 assert c.at_eof()
             assert server.rejected_connections == 1
             # The admitted connections are unaffected.
-            assert a.request("GET", "/healthz").status == 200
+            for c in (a, b):
+                c.send(b"Host: t\r\n\r\n")
+                assert c.read_reply().status == 200
         finally:
             a.close()
         # Once one leaves, a new connection is served again.
@@ -183,12 +187,32 @@ def test_connection_cap_is_answered_503_with_retry_after() -> None:
             b.close()
 
 
+def test_at_the_cap_a_long_idle_keepalive_connection_makes_room() -> None:
+    with serving(max_connections=2, keepalive_timeout=30.0) as server:
+        idle, busy = Client(server.address), Client(server.address)
+        try:
+            assert idle.request("GET", "/healthz").status == 200
+            time.sleep(1.2)  # idle longer than the eviction threshold (1 s)
+            assert busy.request("GET", "/healthz").status == 200  # idle for a moment only
+            newcomer = get(server.address, "/healthz")
+            assert newcomer.status == 200
+            assert server.evicted_connections == 1
+            assert server.rejected_connections == 0
+            assert idle.at_eof()  # the long-idle one was closed ...
+            assert busy.request("GET", "/healthz").status == 200  # ... the other kept
+        finally:
+            idle.close()
+            busy.close()
+
+
 def test_connection_cap_bounds_threads_under_a_flood() -> None:
     with serving(max_connections=5) as server:
         held = [Client(server.address) for _ in range(5)]
         try:
             for c in held:
                 assert c.request("GET", "/healthz").status == 200
+                c.send(b"GET /healthz HTTP/1.1\r\n")  # busy: not evictable
+            assert wait_until(lambda: server.in_flight == 5)
             threads_before = threading.active_count()
             flood = []
             for _ in range(100):
