@@ -162,7 +162,12 @@ _REQUEST_CLOSE = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n
 def _py_worker(
     port: int, conns: int, duration: float, close: bool, out: multiprocessing.Queue[object]
 ) -> None:
-    """One load process: ``conns`` non-blocking connections, each request -> response -> next."""
+    """One load process: ``conns`` non-blocking connections, each request -> response -> next.
+
+    Connects are non-blocking too, so a server with a tiny listen backlog
+    (SYNs dropped, retried after 1 s) slows its own connections only.
+    Latency runs from sending the request to the end of the response, as in wrk.
+    """
     sel = selectors.DefaultSelector()
     latencies: list[float] = []
     errors = 0
@@ -170,28 +175,42 @@ def _py_worker(
     end = time.perf_counter() + duration
 
     def open_conn() -> None:
-        s = socket.create_connection(("127.0.0.1", port))
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
-        state = {"buf": b"", "t0": time.perf_counter()}
+        s.connect_ex(("127.0.0.1", port))
+        sel.register(s, selectors.EVENT_WRITE, {"buf": b"", "t0": 0.0})
+
+    def send_request(s: socket.socket, st: dict[str, object]) -> None:
+        st["t0"] = time.perf_counter()
         s.send(req)
-        sel.register(s, selectors.EVENT_READ, state)
+
+    def drop(s: socket.socket) -> None:
+        sel.unregister(s)
+        s.close()
+        open_conn()
 
     for _ in range(conns):
         open_conn()
     while time.perf_counter() < end:
-        for key, _ in sel.select(0.5):
+        for key, events in sel.select(0.2):
             s: socket.socket = key.fileobj  # type: ignore[assignment]
             st = key.data
+            if events & selectors.EVENT_WRITE:  # connect finished
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    errors += 1
+                    drop(s)
+                    continue
+                sel.modify(s, selectors.EVENT_READ, st)
+                send_request(s, st)
+                continue
             try:
                 data = s.recv(65536)
             except OSError:
                 data = b""
             if not data:
                 errors += 1
-                sel.unregister(s)
-                s.close()
-                open_conn()
+                drop(s)
                 continue
             st["buf"] += data
             head_end = st["buf"].find(b"\r\n\r\n")
@@ -201,8 +220,7 @@ def _py_worker(
             need = head_end + 4 + (int(m[1]) if m else 0)
             if len(st["buf"]) < need:
                 continue
-            now = time.perf_counter()
-            latencies.append(now - st["t0"])
+            latencies.append(time.perf_counter() - st["t0"])
             if not st["buf"].startswith(b"HTTP/1.1 200"):
                 errors += 1
             st["buf"] = st["buf"][need:]
@@ -211,8 +229,7 @@ def _py_worker(
                 s.close()
                 open_conn()
             else:
-                st["t0"] = now
-                s.send(req)
+                send_request(s, st)
     out.put((latencies, errors))
 
 
@@ -311,6 +328,12 @@ def main() -> None:
                 f"{kind:8} {mode:10} {x['rps']:9.0f} {x['p50_ms']:8.2f} {x['p99_ms']:8.2f} "
                 f"{x['requests']:9d} {x['errors']:7d}"
             )
+    naive_close = results["naive"]["close"]
+    if client == "wrk" and isinstance(naive_close, dict) and naive_close["errors"]:
+        print(
+            "(naive close errors are wrk read errors: that server closes without sending "
+            "Connection: close, so wrk's next write on the connection fails and it reconnects)"
+        )
     for kind, r in results.items():
         print(
             f"{kind}: idle RSS {r['idle_rss_mb']} MB, after load {r['rss_after_mb']} MB, "

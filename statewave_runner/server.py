@@ -750,6 +750,7 @@ class Server(ThreadingHTTPServer):
     def _accept_loop(self) -> None:
         listener = self.socket
         closing = self._closing
+        last_warning = -10.0
         while not closing.is_set():
             try:
                 sock, addr = listener.accept()
@@ -757,7 +758,11 @@ class Server(ThreadingHTTPServer):
                 if closing.is_set():
                     break
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._log.warning("accept() failed: %s; backing off", exc.strerror)
+                    # Out of descriptors or memory: back off instead of spinning.
+                    now = time.monotonic()
+                    if now - last_warning >= 10.0:
+                        self._log.warning("accept() failed: %s; backing off", exc.strerror)
+                        last_warning = now
                     time.sleep(0.05)
                 continue
             if closing.is_set():
