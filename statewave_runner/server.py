@@ -499,6 +499,7 @@ class Server(ThreadingHTTPServer):
         self._state = _NEW
         self._life_lock = threading.Lock()
         self._closing = threading.Event()  # the listener is closing: the accept loop exits
+        self._stopped = threading.Event()  # stop() has finished
         self._draining = False  # finish in-flight requests, then close every connection
         self._accept_thread: threading.Thread | None = None
         self._pool = _WorkerPool("statewave-http")
@@ -626,6 +627,7 @@ class Server(ThreadingHTTPServer):
             except OSError as exc:
                 self._state = _STOPPED
                 self.socket.close()
+                self._stopped.set()
                 reason = exc.strerror or str(exc)
                 raise RunnerError(
                     f"cannot listen on {self._host}:{self.server_address[1]}: {reason}"
@@ -647,15 +649,24 @@ class Server(ThreadingHTTPServer):
         ``limits.drain_timeout``) the remaining connections are shut down
         and stop() returns even if a handler is still running.
         """
-        with self._life_lock:
-            if self._state != _RUNNING:
-                if self._state == _NEW:
-                    self._state = _STOPPED
-                    self.socket.close()
-                return
-            self._state = _STOPPED
-        self._ready = False
         budget = self.limits.drain_timeout if timeout is None else max(0.0, timeout)
+        with self._life_lock:
+            state = self._state
+            self._state = _STOPPED
+            if state == _NEW:
+                self.socket.close()
+                self._stopped.set()
+        if state != _RUNNING:
+            # Never started, or another caller is draining: return when it is done.
+            self._stopped.wait(budget + 3.0)
+            return
+        try:
+            self._drain(budget)
+        finally:
+            self._stopped.set()
+
+    def _drain(self, budget: float) -> None:
+        self._ready = False
         deadline = time.monotonic() + budget
 
         # 1. Every response from now on says Connection: close; stop accepting.
@@ -681,7 +692,7 @@ class Server(ThreadingHTTPServer):
                 if left <= 0:
                     break
                 self._drained.wait(left)
-            stuck = [c for c in self._conns]
+            stuck = list(self._conns)
             remaining = self._active
         if remaining:
             self._log.warning(

@@ -68,6 +68,39 @@ def test_start_and_stop_are_safe_from_many_threads() -> None:
     assert _refused(server.address)
 
 
+def test_concurrent_stop_waits_for_the_drain() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(request: Request) -> Response:
+        entered.set()
+        release.wait(TIMEOUT)
+        return Response(200)
+
+    server = Server("127.0.0.1", 0, limits=Limits(drain_timeout=TIMEOUT))
+    server.route("/slow/a/events", slow)
+    server.start()
+
+    def call() -> None:
+        with Client(server.address) as c:
+            c.request("POST", "/slow/a/events", b"x")
+
+    client = threading.Thread(target=call)
+    client.start()
+    assert entered.wait(TIMEOUT)
+    first = threading.Thread(target=server.stop)
+    first.start()
+    assert wait_until(lambda: _refused(server.address))
+    second = threading.Thread(target=server.stop)
+    second.start()
+    second.join(0.2)
+    assert second.is_alive()  # it waits for the first stop's drain ...
+    release.set()
+    first.join(TIMEOUT)
+    second.join(TIMEOUT)
+    client.join(TIMEOUT)
+    assert not first.is_alive() and not second.is_alive()  # ... and returns with it
+
+
 def test_port_in_use_is_a_runner_error_naming_the_address() -> None:
     first = Server("127.0.0.1", 0)
     first.start()
