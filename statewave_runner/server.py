@@ -976,7 +976,9 @@ class Server(ThreadingHTTPServer):
                 self._log_access(method, path, resp.status, started, rid, remote, route_path, threw)
                 with contextlib.suppress(OSError):
                     conn.send(data, send_timeout)
-                return False
+                # Pipelined requests we will not answer: drain them rather than
+                # reset the connection under the response just sent.
+                return bool(buf) or _unread_input(sock)
             try:
                 if conn.kernel:
                     sock.sendall(data)
@@ -1328,6 +1330,19 @@ def _origin_path(target: str) -> str:
         slash = rest.find("/")
         return rest[slash:] if slash >= 0 else "/"
     raise _HTTPError(400, "bad_request", "malformed request target")
+
+
+def _unread_input(sock: socket.socket) -> bool:
+    """Whether the peer sent bytes we have not read (closing now would reset)."""
+    if not _MSG_DONTWAIT:
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | _MSG_DONTWAIT))
+    except OSError:  # nothing there (EAGAIN), or the connection is gone
+        return False
+
+
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:

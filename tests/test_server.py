@@ -432,6 +432,21 @@ def test_pipelined_requests_are_answered_in_order() -> None:
         assert replies[2].json()["body"] == "third"
 
 
+def test_pipelined_requests_after_connection_close_are_not_answered() -> None:
+    # More pipelined bytes than one read takes: some are still unread in the
+    # kernel when the server closes. Closing over them would send a reset that
+    # can destroy the response in flight; the server drains them instead.
+    with serving() as server, Client(server.address) as c:
+        c.send(
+            raw_request("GET", "/healthz", headers={"Connection": "close"})
+            + raw_request("GET", "/healthz", headers={"X-Pad": "p" * 1000}) * 300
+        )
+        r = c.read_reply()
+        assert (r.status, r.header("connection")) == (200, "close")
+        assert c.buf == b""
+        assert c.sock.recv(65536) == b""  # a clean FIN: no ConnectionResetError
+
+
 def test_request_split_across_many_segments() -> None:
     with serving({"/e": (echo, ("POST",))}) as server, Client(server.address) as c:
         for byte in raw_request("POST", "/e", b"hello world"):
