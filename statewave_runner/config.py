@@ -78,7 +78,7 @@ class StatewaveConfig:
         try:
             validate_sink_url(self.url)
         except ValueError as exc:
-            yield "url", f"{exc} (got \"{redact_url(self.url)}\")"
+            yield "url", f'{exc} (got "{redact_url(self.url)}")'
         if self.backoff_max < self.backoff_initial:
             yield "backoff_max", "must be >= backoff_initial"
 

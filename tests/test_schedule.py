@@ -1,4 +1,3 @@
-# ruff: noqa: E501 -- the fire-time tables read best one case per line
 """schedule.py: parsing, fire times (hand tables), DST rules, errors, helpers.
 
 The differential test against croniter lives in test_schedule_croniter.py.

@@ -98,13 +98,13 @@ class GithubConfig(PullConfig):
         "(default: the whole history); Node accepts this key but ignores it",
         example="2024-01-01",
     )
-    include: list[str] | None = option(  # noqa: RUF009 - a field specifier, not a default
+    include: list[str] | None = option(
         None,
         doc="groups to sync: issues, prs, comments, reviews, releases (default all); "
         "Node accepts this key but ignores it",
         example='["issues", "prs"]',
     )
-    exclude: list[str] | None = option(  # noqa: RUF009
+    exclude: list[str] | None = option(
         None,
         doc="groups to leave out; Node accepts this key but ignores it",
         example='["releases"]',

@@ -52,13 +52,13 @@ class MarkdownConfig(PullConfig):
         "relative paths resolve against the working directory",
         example="./docs",
     )
-    include: list[str] | None = option(  # noqa: RUF009 - a field specifier, not a default
+    include: list[str] | None = option(
         None,
         doc="keep only files whose relative path contains one of these strings "
         "(or matches it, when it has * ? [); Node accepts this key but ignores it",
         example='["adr/", "*.mdx"]',
     )
-    exclude: list[str] | None = option(  # noqa: RUF009
+    exclude: list[str] | None = option(
         None,
         doc="drop files whose relative path contains/matches one of these; "
         "Node accepts this key but ignores it",

@@ -58,7 +58,7 @@ class SlackPushConfig(PushConfig):
     """``[[push.slack]]``: a Slack app's Events API request URL."""
 
     signing_secret: str = secret(doc="the app's Signing Secret (Basic Information page)")
-    channels: list[str] = option(  # noqa: RUF009 - a field specifier, not a default
+    channels: list[str] = option(
         doc="channel ids (C.../G...) whose messages, reactions and pins are kept; "
         "DMs and group DMs are governed by accept_dms / accept_mpim",
         example='["C0123ABCD"]',
