@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .config import Config, load_config, parse_config
 from .connectors.base import Checkpoint, Episode, SourcePointer, SyncRequest, idempotency_key
 from .errors import (
     AuthError,
@@ -27,10 +28,14 @@ from .errors import (
     StateError,
     StatewaveRunnerError,
 )
+from .ingest import Sink
+from .runner import Runner, TickResult
+from .state import StateBackend, open_state
 
 __all__ = [
     "AuthError",
     "Checkpoint",
+    "Config",
     "ConfigError",
     "ConfigNotFoundError",
     "ConnectorError",
@@ -41,12 +46,19 @@ __all__ = [
     "Issue",
     "PermanentError",
     "RetryableError",
+    "Runner",
     "RunnerError",
     "ScheduleError",
+    "Sink",
     "SourcePointer",
+    "StateBackend",
     "StateError",
     "StatewaveRunnerError",
     "SyncRequest",
+    "TickResult",
     "__version__",
     "idempotency_key",
+    "load_config",
+    "open_state",
+    "parse_config",
 ]
