@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import schema
 from .connectors.base import ConnectorSpec, PullConfig, SourceConfig, option, secret
@@ -184,6 +183,8 @@ class RunnerConfig:
 
 def timezone_problem(name: str) -> str | None:
     """Why ``name`` is not a usable IANA zone, or ``None``."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # only when a zone is configured
+
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -374,16 +375,16 @@ def _validate_sources(
     if not isinstance(raw, dict):
         issues.append(Issue(mode, f"expected a table of [[{mode}.<kind>]] entries"))
         return []
-    available = registry.kinds(mode)
     entries: list[SourceEntry] = []
     for kind, items in raw.items():
         where = f"{mode}.{kind}"
         try:
-            spec = registry.get(mode, kind) if kind in available else None
+            spec = registry.get(mode, kind)
         except Exception as exc:  # a broken plugin is a config problem, not a crash
             issues.append(Issue(where, f'connector kind "{kind}" failed to load: {exc}'))
             continue
         if spec is None:
+            available = registry.kinds(mode)
             listing = ", ".join(available) or "none"
             if kind in NODE_KINDS[mode]:
                 issues.append(

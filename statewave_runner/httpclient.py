@@ -35,7 +35,6 @@ import re
 import ssl
 import threading
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -605,6 +604,10 @@ class HttpClient:
     def _proxy_for(self, scheme: str, host: str) -> tuple[str, str, int, dict[str, str]] | None:
         if not self._trust_env:
             return None
+        # urllib.request (and tempfile, shutil ... behind it) only once a
+        # request goes out: an idle daemon does not need its ~1 MB.
+        import urllib.request
+
         proxies = urllib.request.getproxies()
         proxy_url = proxies.get(scheme)
         if not proxy_url:

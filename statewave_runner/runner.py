@@ -15,11 +15,11 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -604,7 +604,7 @@ class Runner:
             raise RunnerError(f"{entry.where} is not a pull source")
         kind, name = entry.kind, entry.name
         metrics = source.series
-        tick_id = uuid.uuid4().hex[:12]
+        tick_id = secrets.token_hex(6)
         log = bind(
             logging.getLogger("statewave_runner.pull"), kind=kind, name=name, tick_id=tick_id
         )

@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ScheduleError
 
@@ -170,6 +169,9 @@ def _load_zone(expr: str, tz: str | None) -> tzinfo:
         return UTC
     if not isinstance(tz, str) or not tz.strip():
         raise ScheduleError(expr, f"unknown timezone {_q(str(tz))}")
+    # zoneinfo only when a zone is configured: UTC-only configs skip its ~0.5 MB.
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         return ZoneInfo(tz.strip())
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -177,8 +179,9 @@ def _load_zone(expr: str, tz: str | None) -> tzinfo:
 
 
 def _tz_name(zone: tzinfo) -> str:
-    if isinstance(zone, ZoneInfo):
-        return str(zone.key)
+    key = getattr(zone, "key", None)  # a ZoneInfo
+    if isinstance(key, str):
+        return key
     return zone.tzname(None) or "UTC"
 
 

@@ -10,7 +10,6 @@ punch list in one pass.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import types
 import typing
@@ -138,6 +137,8 @@ def _describe_value(value: Any, secret: bool) -> str:
 
 def did_you_mean(word: str, known: list[str], noun: str = "keys") -> str:
     """``did you mean "x"?``, or the list of known names, for an unknown-name message."""
+    import difflib  # only on the error path
+
     close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
     if close:
         return f'did you mean "{close[0]}"?'

@@ -12,7 +12,6 @@ import importlib
 import logging
 import threading
 from collections.abc import Iterable
-from importlib.metadata import entry_points
 from typing import Literal
 
 from .base import ConnectorSpec
@@ -57,13 +56,29 @@ class Registry:
         self._lazy: dict[tuple[Mode, str], str] = dict(_BUILTINS) if builtins else {}
         self._specs: dict[tuple[Mode, str], ConnectorSpec] = {}
         self._lock = threading.Lock()
+        self._plugins_pending = False
         for spec in specs:
             self.register(spec)
 
     @classmethod
     def default(cls) -> Registry:
-        """Built-in kinds plus every kind installed under the entry-point group."""
+        """Built-in kinds plus every kind installed under the entry-point group.
+
+        Entry points are scanned on the first question the built-ins cannot
+        answer (an unknown kind, or a listing): importlib.metadata costs about
+        a megabyte of resident memory that a config of built-ins never needs.
+        """
         reg = cls()
+        reg._plugins_pending = True
+        return reg
+
+    def _load_plugins(self) -> None:
+        with self._lock:
+            if not self._plugins_pending:
+                return
+            self._plugins_pending = False
+        from importlib.metadata import entry_points
+
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 loaded = ep.load()
@@ -73,12 +88,11 @@ class Registry:
             specs = [loaded] if isinstance(loaded, ConnectorSpec) else list(loaded)
             for spec in specs:
                 if isinstance(spec, ConnectorSpec):
-                    reg.register(spec)
+                    self.register(spec)
                 else:
                     log.warning(
                         "connector entry point %s gave %r, not a ConnectorSpec", ep.name, spec
                     )
-        return reg
 
     def register(self, spec: ConnectorSpec) -> None:
         """Add (or replace) a kind."""
@@ -87,6 +101,7 @@ class Registry:
 
     def kinds(self, mode: Mode) -> list[str]:
         """Sorted kind names available in ``mode``."""
+        self._load_plugins()
         names = {k for (m, k) in self._lazy if m == mode} | {
             k for (m, k) in self._specs if m == mode
         }
@@ -101,6 +116,9 @@ class Registry:
                 return spec
             target = self._lazy.get(key)
         if target is None:
+            if self._plugins_pending:
+                self._load_plugins()
+                return self.get(mode, kind)
             return None
         module_name, _, attr = target.partition(":")
         loaded = getattr(importlib.import_module(module_name), attr)

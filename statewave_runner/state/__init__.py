@@ -8,10 +8,14 @@ importing it.
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StateError
 from .base import (
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_TABLE,
     ClaimedItem,
     Health,
     OutboxItem,
@@ -20,11 +24,31 @@ from .base import (
     StateBackend,
 )
 from .drivers import KINDS, check_driver
-from .file import FileState
 from .memory import MemoryState
-from .postgres import DEFAULT_TABLE, PostgresState
-from .redis import DEFAULT_KEY_PREFIX, RedisState
-from .sqlite import SqliteState
+
+if TYPE_CHECKING:
+    from .file import FileState
+    from .postgres import PostgresState
+    from .redis import RedisState
+    from .sqlite import SqliteState
+
+# Backends are imported on first use: importing the package must not import
+# every backend (sqlite3 alone is over a megabyte of resident memory that the
+# default memory backend never uses).
+_LAZY = {
+    "FileState": ".file",
+    "SqliteState": ".sqlite",
+    "PostgresState": ".postgres",
+    "RedisState": ".redis",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
+
 
 DEFAULT_STATE_DIR = "./var/connectors-state"
 FILE_DEFAULT_NAME = "cursors.json"
@@ -66,12 +90,20 @@ def open_state(
     if kind in ("file", "sqlite"):
         where = os.path.abspath(path or default_path(kind, state_dir) or "")
         if kind == "file":
+            from .file import FileState
+
             return FileState(where, settings=settings)
+        from .sqlite import SqliteState
+
         return SqliteState(where, settings=settings)
     if not url:
         raise StateError(f'state kind "{kind}" needs url')
     if kind == "postgres":
+        from .postgres import PostgresState
+
         return PostgresState(url, table=table, schema=schema, settings=settings)
+    from .redis import RedisState
+
     return RedisState(url, key_prefix=key_prefix, settings=settings)
 
 

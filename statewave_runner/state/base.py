@@ -35,6 +35,10 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 DEFAULT_DEDUP_TTL = 7 * 24 * 3600.0
+DEFAULT_TABLE = "statewave_runner_cursors"
+"""PostgreSQL cursor table (the Node runner's name); other tables share its prefix."""
+DEFAULT_KEY_PREFIX = "statewave_runner:"
+"""Redis key prefix (the Node runner's)."""
 DEFAULT_MAX_ATTEMPTS = 20
 
 

@@ -32,12 +32,11 @@ from typing import Any, TypeVar
 
 from ..errors import StateError
 from ._group import GroupCommitter, Op
-from .base import ClaimedItem, Health, OutboxItem, OutboxSettings, OutboxStats
+from .base import DEFAULT_TABLE, ClaimedItem, Health, OutboxItem, OutboxSettings, OutboxStats
 from .drivers import first_line, import_driver, safe_url, url_redactor
 
 log = logging.getLogger("statewave_runner.state")
 
-DEFAULT_TABLE = "statewave_runner_cursors"
 PURGE_INTERVAL = 30.0
 PURGE_CHUNK = 1000
 RETRIES = 3

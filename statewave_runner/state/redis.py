@@ -34,12 +34,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ..errors import StateError
-from .base import ClaimedItem, Health, OutboxItem, OutboxSettings, OutboxStats
+from .base import DEFAULT_KEY_PREFIX, ClaimedItem, Health, OutboxItem, OutboxSettings, OutboxStats
 from .drivers import first_line, import_driver, safe_url, url_redactor
 
 log = logging.getLogger("statewave_runner.state")
 
-DEFAULT_KEY_PREFIX = "statewave_runner:"
 PROMOTE_CHUNK = 1000
 T = TypeVar("T")
 
