@@ -18,9 +18,10 @@ from tests.test_server_support import TIMEOUT, Client, get, wait_until
 
 
 def _refused(address: tuple[str, int]) -> bool:
+    """Whether a new connection is refused (a SYN racing the listener's close is reset)."""
     try:
         socket.create_connection(address, timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
     return False
 
