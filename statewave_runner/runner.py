@@ -339,7 +339,9 @@ class Runner:
             rc.port,
             limits=Limits(
                 max_body_bytes=rc.max_body_bytes,
+                max_header_bytes=rc.max_header_bytes,
                 header_timeout=rc.header_timeout,
+                body_timeout=rc.body_timeout,
                 keepalive_timeout=rc.keepalive_timeout,
                 max_connections=rc.max_connections,
                 drain_timeout=rc.stop_timeout,
