@@ -347,25 +347,12 @@ def cmd_connectors(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from .state import OutboxSettings, open_state
+    from .runner import open_configured_state
     from .state.admin import FAILED, OK, USAGE_TEXT, run_state_command
 
     if not args.words:
         raise UsageError(USAGE_TEXT.rstrip())
-    config = _load(args)
-    sc = config.runner.state
-    backend = open_state(
-        sc.kind,
-        path=sc.path,
-        url=sc.url,
-        table=sc.table,
-        schema=sc.schema,
-        key_prefix=sc.key_prefix,
-        state_dir=config.runner.state_dir,
-        settings=OutboxSettings(
-            dedup_ttl=config.statewave.dedup_ttl, max_attempts=config.statewave.max_attempts
-        ),
-    )
+    backend = open_configured_state(_load(args))
     try:
         result = run_state_command(backend, args.words)
     finally:

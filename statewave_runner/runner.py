@@ -156,6 +156,23 @@ class _DeliveryObserver(DeliveryObserver):
         )
 
 
+def open_configured_state(config: Config) -> StateBackend:
+    """The state backend ``[runner.state]`` describes, with the outbox policy of ``[statewave]``."""
+    sc = config.runner.state
+    return open_state(
+        sc.kind,
+        path=sc.path,
+        url=sc.url,
+        table=sc.table,
+        schema=sc.schema,
+        key_prefix=sc.key_prefix,
+        state_dir=config.runner.state_dir,
+        settings=OutboxSettings(
+            dedup_ttl=config.statewave.dedup_ttl, max_attempts=config.statewave.max_attempts
+        ),
+    )
+
+
 def default_replica_id() -> str:
     """``<hostname>:<pid>``: unique per process, readable in lease tables."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -277,19 +294,7 @@ class Runner:
         cfg = self.config
         self.series.set_ready(False)
         if self._state is None:
-            sc = cfg.runner.state
-            self._state = open_state(
-                sc.kind,
-                path=sc.path,
-                url=sc.url,
-                table=sc.table,
-                schema=sc.schema,
-                key_prefix=sc.key_prefix,
-                state_dir=cfg.runner.state_dir,
-                settings=OutboxSettings(
-                    dedup_ttl=cfg.statewave.dedup_ttl, max_attempts=cfg.statewave.max_attempts
-                ),
-            )
+            self._state = open_configured_state(cfg)
         state = self._state
 
         for source in self._pull.values():
