@@ -682,8 +682,16 @@ class Runner:
                     close()
         except Exception as exc:  # a connector bug must not kill the worker thread
             metrics.errors["sync"].inc()
-            result.outcome = "sync_error"
             result.error = self.redactor.scrub(f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, ConnectorError) and exc.reason == "rate_limited":
+                # Expected back-pressure, not a fault: the connector checkpointed
+                # and the first tick after the limit lifts resumes.
+                result.outcome = "rate_limited"
+                retry_at = getattr(exc, "retry_at", None)
+                if isinstance(retry_at, int | float):
+                    result.error += f" (until {_iso(retry_at)})"
+            else:
+                result.outcome = "sync_error"
             if not isinstance(exc, ConnectorError):
                 log.debug("sync raised", exc_info=True)
         if result.outcome == "ok":
@@ -717,6 +725,8 @@ class Runner:
         elif result.outcome == "ok":
             note = " (interrupted by stop)" if result.interrupted else ""
             log.info("tick complete%s", note, extra=fields)
+        elif result.outcome == "rate_limited":
+            log.warning("tick ended early: %s", result.error, extra=fields)
         else:
             log.error("tick failed: %s", result.error, extra=fields)
         return result
@@ -829,7 +839,7 @@ class TickResult:
     tick_id: str
     dry_run: bool = False
     outcome: str = "ok"
-    """ok | load_error | sync_error | queue_error | leased_elsewhere"""
+    """ok | load_error | sync_error | rate_limited | queue_error | leased_elsewhere"""
     emitted: int = 0
     queued: int = 0
     duration: float = 0.0

@@ -320,6 +320,33 @@ def test_connector_exception_is_a_sync_error_and_keeps_progress(runner: Runner, 
     )
 
 
+def test_rate_limit_ends_the_tick_early_with_its_progress(runner: Runner) -> None:
+    from statewave_runner.httpclient import RateLimitedError
+
+    original = demo_connectors.DemoPull.sync
+
+    def limited(self: demo_connectors.DemoPull, request: Any) -> Iterator[Any]:
+        gen = original(self, request)
+        yield next(gen)
+        raise RateLimitedError("rate limit exhausted", status=403, retry_at=2_000_000_000.0)
+
+    demo_connectors.DemoPull.sync = limited  # type: ignore[method-assign]
+    try:
+        result = runner.run_tick("demo/main")
+    finally:
+        demo_connectors.DemoPull.sync = original  # type: ignore[method-assign]
+    assert result.outcome == "rate_limited"
+    assert "until 2033-05-18T03:33:20Z" in (result.error or "")
+    assert runner.state.get_cursor("demo", "main") == "1"
+    samples = scrape(runner)
+    assert (
+        sample(
+            samples, "statewave_runner_pull_errors_total", kind="demo", name="main", reason="sync"
+        )
+        == 1
+    )
+
+
 def test_delivery_retries_until_the_sink_recovers(runner: Runner, sink: Sink) -> None:
     sink.fail_with = RetryableError("statewave down", retry_after=0.01)
     runner.run_tick("demo/main")
