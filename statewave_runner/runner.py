@@ -187,7 +187,10 @@ class Runner:
     :class:`~statewave_runner.errors.PermanentError`); ``state`` replaces the
     backend ``[runner.state]`` would open (the runner then does not close it).
 
-    Use as ``with Runner(config) as r: ...`` or ``start()`` / ``stop()``.
+    ``logger`` is the parent of every logger the runner writes to (``.pull``,
+    ``.push``, ``.delivery``, ``.server``, ``.ingest``); default
+    ``statewave_runner``. Use as ``with Runner(config) as r: ...`` or
+    ``start()`` / ``stop()``.
     """
 
     def __init__(
@@ -317,7 +320,7 @@ class Runner:
                 api_key=sw.api_key,
                 tenant_id=sw.tenant_id,
                 timeout=sw.timeout,
-                log=logging.getLogger("statewave_runner.ingest"),
+                log=self.log.getChild("ingest"),
             )
         else:
             self._sink = as_sink(self._ingest)
@@ -330,7 +333,7 @@ class Runner:
             lease_seconds=max(300.0, 3 * sw.timeout * FALLBACK_BATCH),
             backoff_initial=sw.backoff_initial,
             backoff_max=sw.backoff_max,
-            log=logging.getLogger("statewave_runner.delivery"),
+            log=self.log.getChild("delivery"),
             observer=_DeliveryObserver(self),
         )
         self.series.watch_outbox(state.stats)
@@ -351,7 +354,7 @@ class Runner:
                 max_connections=rc.max_connections,
                 drain_timeout=rc.stop_timeout,
             ),
-            log=logging.getLogger("statewave_runner.server"),
+            log=self.log.getChild("server"),
         )
         mc = rc.metrics
         if mc.enabled:
@@ -612,9 +615,7 @@ class Runner:
         kind, name = entry.kind, entry.name
         metrics = source.series
         tick_id = secrets.token_hex(6)
-        log = bind(
-            logging.getLogger("statewave_runner.pull"), kind=kind, name=name, tick_id=tick_id
-        )
+        log = bind(self.log.getChild("pull"), kind=kind, name=name, tick_id=tick_id)
         metrics.ticks.inc()
         dry = cfg.dry_run if dry_run is None else dry_run
         cap = max_items if max_items is not None else cfg.max_items
@@ -754,7 +755,7 @@ class Runner:
         duration = push.series.delivery_duration
         responses = push.series.responses
         receiver = push.receiver
-        base_log = logging.getLogger("statewave_runner.push")
+        base_log = self.log.getChild("push")
         state = self.state
 
         def handle(request: Request) -> Response:

@@ -522,3 +522,27 @@ def test_sync_once_runs_one_tick_and_flushes(tmp_path: Path, sink: Sink) -> None
     assert len(sink.episodes) == 4
     with pytest.raises(RunnerError, match="no pull source 'demo/x'"):
         Runner(config(), ingest=sink).sync_once("demo/x")
+
+
+def test_logger_is_the_parent_of_every_runner_logger(sink: Sink) -> None:
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    parent = logging.getLogger("embedder.statewave")
+    parent.setLevel(logging.DEBUG)
+    handler = Capture()
+    parent.addHandler(handler)
+    try:
+        with Runner(config(), ingest=sink, logger=parent) as r:
+            r.run_tick("demo/main")
+        names = {rec.name for rec in records}
+        assert "embedder.statewave.pull" in names and "embedder.statewave" in names
+        tick = next(rec for rec in records if rec.name == "embedder.statewave.pull")
+        assert tick.getMessage().startswith("tick complete")
+    finally:
+        parent.removeHandler(handler)
