@@ -1,8 +1,8 @@
 """HTTP server bench: /healthz throughput and latency, ours vs a naive ThreadingHTTPServer.
 
-    python bench/http.py                      # 5 s per case (quick)
-    python bench/http.py --duration 30        # the full run
-    python bench/http.py --client python      # without wrk
+    python bench/http_server.py                      # 5 s per case (quick)
+    python bench/http_server.py --duration 30        # the full run
+    python bench/http_server.py --client python      # without wrk
 
 For each server (statewave_runner.server.Server, and a plain
 ``ThreadingHTTPServer`` + ``BaseHTTPRequestHandler`` speaking HTTP/1.1) this
