@@ -55,6 +55,14 @@ _EARLY_TOLERANCE = 0.0005
 # slices so workers can start the first ticks while the rest are being queued.
 _DISPATCH_CHUNK = 32
 
+# In a burst longer than the pool, another worker is woken (or started) only
+# once the oldest queued tick has waited this long. Waking one worker per queued
+# tick made a burst of fast ticks (a thousand sources due on the same second) a
+# lock convoy between eight threads: measured on 2 cores, 1,300 no-op ticks
+# drained in 5 ms with one worker and in 22 ms with eight. Slow ticks still get
+# help within this bound (at once when only a few ticks are queued).
+_HELP_AFTER = 0.01
+
 
 @dataclass(frozen=True, slots=True)
 class TimerInfo:
@@ -157,9 +165,12 @@ class Timers:
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, _Entry]] = []
         self._seq = itertools.count()
-        self._ready: deque[tuple[_Entry, float]] = deque()
+        # (entry, due, queued_at): queued_at on the monotonic clock, for _help().
+        self._ready: deque[tuple[_Entry, float, float]] = deque()
         self._workers = 0
         self._idle_workers = 0
+        self._busy = 0  # workers inside a tick's callback
+        self._wakeups = 0  # workers notified or started that have not woken yet
         self._started = False
         self._stopping = False
         self._dirty = False
@@ -224,7 +235,7 @@ class Timers:
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._lock:
             self._stopping = True
-            for entry, _due in self._ready:
+            for entry, _due, _queued_at in self._ready:
                 entry.queued = False
             self._ready.clear()
             self._heap.clear()
@@ -312,6 +323,10 @@ class Timers:
                     first = False
                 heap = self._heap
                 budget = _DISPATCH_CHUNK
+                # Sources sharing a cron expression (parse() returns one object per
+                # expression) and a fire time share the next fire time too: a burst
+                # of 600 "*/5 * * * * *" sources computes it once, not 600 times.
+                memo: dict[tuple[Schedule, float], float] = {}
                 while heap and heap[0][0] <= mono and budget:
                     due, seq, entry = heapq.heappop(heap)
                     if entry.removed or seq != entry.seq:
@@ -322,9 +337,13 @@ class Timers:
                         # for (clock slew, small step back): wait the difference.
                         self._push(entry, mono + (entry.next_wall - wall))
                         continue
-                    self._fire(entry, due, mono, wall, hooks)
+                    self._fire(entry, due, mono, wall, hooks, memo)
                 more = bool(budget == 0 and heap and heap[0][0] <= mono)
                 nxt = heap[0][0] - mono if heap else None
+                if self._ready:
+                    self._help(mono)
+                    # Look again soon: a tick stuck behind a slow one needs help.
+                    nxt = _HELP_AFTER if nxt is None else min(nxt, _HELP_AFTER)
             for hook in hooks:
                 self._call_hook(hook)
             hooks.clear()
@@ -375,7 +394,13 @@ class Timers:
         )
 
     def _fire(
-        self, entry: _Entry, due: float, mono: float, wall: float, hooks: list[_Hook]
+        self,
+        entry: _Entry,
+        due: float,
+        mono: float,
+        wall: float,
+        hooks: list[_Hook],
+        memo: dict[tuple[Schedule, float], float],
     ) -> None:
         interval = entry.schedule.interval_seconds
         if interval is not None:
@@ -384,7 +409,11 @@ class Timers:
             self._push(entry, due + periods * interval)
         else:
             base = wall if entry.next_wall is None else max(entry.next_wall, wall)
-            entry.next_wall = self._next_wall(entry.schedule, base)
+            memo_key = (entry.schedule, base)
+            nxt = memo.get(memo_key)
+            if nxt is None:
+                nxt = memo[memo_key] = self._next_wall(entry.schedule, base)
+            entry.next_wall = nxt
             self._push(entry, mono + (entry.next_wall - wall))
         if entry.running or entry.queued or entry.key in self._inflight:
             entry.skipped += 1
@@ -395,34 +424,74 @@ class Timers:
                 hooks.append(lambda: on_skip(key))
             return
         entry.queued = True
-        self._ready.append((entry, due))
-        if len(self._ready) > self._idle_workers and self._workers < self.max_workers:
-            self._workers += 1
-            threading.Thread(target=self._work, name=f"{self._name}-worker", daemon=True).start()
-        else:
+        self._ready.append((entry, due, mono))
+        self._help(mono)
+
+    def _help(self, mono: float) -> None:
+        """Wake or start a worker when queued ticks would otherwise wait (lock held).
+
+        A worker that is awake but not inside a tick will take the next one, so
+        nobody is woken then. Otherwise a worker is woken at once while the
+        queue is short (a slow tick must not hold up a few others), but for a
+        burst longer than the pool only once the oldest queued tick has waited
+        _HELP_AFTER: a burst of fast ticks drains fastest on one thread.
+        """
+        if not self._ready or self._wakeups:
+            return
+        awake = self._workers - self._idle_workers
+        if awake > self._busy:
+            return
+        if awake and len(self._ready) > self.max_workers and mono - self._ready[0][2] < _HELP_AFTER:
+            return
+        if self._idle_workers:
+            self._wakeups += 1
             self._work_cv.notify()
+        elif self._workers < self.max_workers:
+            self._workers += 1
+            self._wakeups += 1
+            threading.Thread(target=self._work, name=f"{self._name}-worker", daemon=True).start()
 
     def _work(self) -> None:
+        entry: _Entry | None = None
+        lateness = 0.0
+        with self._lock:
+            self._wakeups -= 1  # a started worker has woken
         while True:
+            # One lock hold finishes the previous tick and takes the next: in a
+            # burst that halves the lock traffic per tick.
             with self._lock:
+                if entry is not None:
+                    self._busy -= 1
+                    entry.running = False
+                    left = self._inflight.pop(entry.key) - 1
+                    if left:
+                        self._inflight[entry.key] = left
+                    if self._stopping or not self._ready:
+                        self._idle_cv.notify_all()
+                    entry = None
                 while not self._ready and not self._stopping:
                     self._idle_workers += 1
                     woke = self._work_cv.wait(self.idle_worker_timeout)
                     self._idle_workers -= 1
+                    if woke and self._wakeups:
+                        self._wakeups -= 1
                     if not woke and not self._ready:
                         self._workers -= 1
                         return
                 if not self._ready:  # stopping
                     self._workers -= 1
                     return
-                entry, due = self._ready.popleft()
+                entry, due, _queued_at = self._ready.popleft()
                 entry.queued = False
                 entry.running = True
                 entry.fires += 1
                 entry.last_fire_at = self._wall()
-                lateness = max(self._mono() - due, 0.0)
+                mono = self._mono()
+                lateness = max(mono - due, 0.0)
                 entry.last_lateness = lateness
                 self._inflight[entry.key] = self._inflight.get(entry.key, 0) + 1
+                self._busy += 1
+                self._help(mono)
             on_fire = self.on_fire
             if on_fire is not None:
                 try:
@@ -433,13 +502,6 @@ class Timers:
                 entry.fn()
             except BaseException as exc:  # a tick must never kill the worker
                 self._report(entry.key, exc)
-            finally:
-                with self._lock:
-                    entry.running = False
-                    left = self._inflight.pop(entry.key) - 1
-                    if left:
-                        self._inflight[entry.key] = left
-                    self._idle_cv.notify_all()
 
     def _report(self, key: str, exc: BaseException) -> None:
         on_error = self.on_error
