@@ -324,8 +324,12 @@ class Runner:
             self._sink,
             batch_size=sw.batch_size,
             concurrency=sw.concurrency,
-            # One-request-per-episode fallback batches must finish inside the lease.
-            lease_seconds=max(300.0, 3 * sw.timeout * FALLBACK_BATCH),
+            # One-request-per-episode fallback batches must finish inside the
+            # lease: FALLBACK_BATCH requests of at most `timeout` each, 3x over.
+            # No fixed floor: the lease is also how long a batch in flight at a
+            # crash waits before the next process sends it again (300 s with
+            # the default 10 s timeout).
+            lease_seconds=3 * sw.timeout * FALLBACK_BATCH,
             backoff_initial=sw.backoff_initial,
             backoff_max=sw.backoff_max,
             log=logging.getLogger("statewave_runner.delivery"),
