@@ -7,6 +7,8 @@ after a tick, and a Statewave outage the daemon lives through. SQLite state
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .daemon import Daemon, running
-from .e2e_world import API_KEY, GH_TOKEN, World, check_wire, wait_for
+from .e2e_world import API_KEY, GH_TOKEN, SECRETS, World, check_wire, wait_for
 from .fakes import Delay, FakeStatewave, Hang
 from .fakes.github import FakeGitHub
 
@@ -58,6 +60,29 @@ def test_sigkill_right_after_a_tick_does_not_hold_the_source_for_the_next_proces
         world.wait_all_delivered(timeout=10)
         assert daemon.stop() == 0
     assert max(world.delivered().values()) == 1
+
+
+def test_sigkill_while_statewave_is_down_then_everything_delivered_once(world: World) -> None:
+    world.seed(docs=150)  # two batches of markdown alone
+    config = world.config(state=sqlite_state(world))
+    world.statewave.down()
+    pushed = [world.slack_event(f"during the outage {i}") for i in range(30)]
+    with running(config) as daemon:
+        for body, _ in pushed:
+            assert world.post_slack(daemon, body) == (200, {"ok": True})
+        wait_for(lambda: queued_by_ticks(daemon, "markdown") == 150, what="markdown queued")
+        wait_for(lambda: queued_by_ticks(daemon, "github") == 6, what="github queued")
+        daemon.wait_log("Statewave delivery stalled")
+        daemon.kill()
+    assert world.statewave.request_count == 0
+    world.statewave.up()
+    with running(config) as daemon:
+        world.wait_all_delivered()
+        assert daemon.stop() == 0
+    delivered = world.delivered()
+    assert set(delivered) == set(world.expected) and len(world.expected) == 186
+    assert max(delivered.values()) == 1
+    check_wire(world.batch_requests(), world.expected)
 
 
 @pytest.mark.slow
@@ -131,3 +156,58 @@ def test_sigkill_mid_delivery_duplicates_only_the_batch_in_flight(world: World) 
     assert duplicated == killed[0]
     assert max(delivered.values()) == 2
     check_wire(world.batch_requests(), world.expected, statuses=(201, None))
+
+
+def test_statewave_outage_through_the_daemon(world: World) -> None:
+    """Statewave down while pull and push produce; /readyz stays 200; all delivered once."""
+    world.seed(docs=2)
+    config = world.config(state=sqlite_state(world))
+    sw = world.statewave
+    ready: list[int] = []
+    stop_polling = threading.Event()
+
+    def poll_readyz(daemon: Daemon) -> None:
+        while not stop_polling.is_set():
+            ready.append(daemon.get("/readyz")[0])
+            time.sleep(0.05)
+
+    def outage(daemon: Daemon) -> None:
+        world.wait_all_delivered()
+        sw.down()
+        for i in range(60):
+            world.add_doc(f"outage-{i}.md")
+        world.add_issue(20, day=25)
+        world.add_comment(20, 7020, day=26)
+        for i in range(25):
+            body, _ = world.slack_event(f"outage {i}")
+            assert world.post_slack(daemon, body) == (200, {"ok": True})
+        stalled = daemon.wait_log("Statewave delivery stalled")
+        assert stalled["level"] == "warn"
+        assert f"cannot reach Statewave at {sw.url}" in stalled["msg"]
+        assert "pulls and webhooks keep being accepted" in stalled["msg"]
+        wait_for(lambda: queued_by_ticks(daemon, "markdown") >= 62, what="outage docs queued")
+        wait_for(lambda: queued_by_ticks(daemon, "github") >= 6 + 2, what="outage issue queued")
+        metrics = daemon.get("/metrics")[1].decode()
+        depth = re.search(r"^statewave_runner_outbox_depth (\S+)$", metrics, re.M)
+        assert depth is not None and float(depth.group(1)) >= 60 + 2 + 25
+        assert world.statewave.episode_count == 2 + 6  # only what came before the outage
+        sw.up()
+        world.wait_all_delivered()
+        daemon.wait_log("Statewave delivery recovered")
+
+    with running(config) as daemon:
+        poller = threading.Thread(target=poll_readyz, args=(daemon,), daemon=True)
+        poller.start()
+        try:
+            outage(daemon)
+        finally:
+            stop_polling.set()
+            poller.join(5)
+        assert daemon.stop() == 0
+    assert len(ready) > 20 and set(ready) == {200}
+    delivered = world.delivered()
+    assert set(delivered) == set(world.expected)
+    assert max(delivered.values()) == 1
+    check_wire(world.batch_requests(), world.expected)
+    for secret in SECRETS:
+        assert secret not in daemon.stderr
