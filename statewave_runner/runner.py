@@ -61,7 +61,10 @@ IngestCallable = Callable[[Sequence[Episode]], None]
 # finds it held and skips; the holder's own next fire renews it. A crashed
 # holder's lease simply ends with its slot. While a tick runs longer than its
 # slot, each checkpoint extends the lease by at least _LEASE_RUNNING seconds so
-# no second replica starts the same source meanwhile.
+# no second replica starts the same source meanwhile; when the tick ends, the
+# lease is cut back to the end of its slot, so a process killed after a tick
+# does not keep the source from everyone (its own restart included: a new
+# process is a new replica id) for _LEASE_RUNNING seconds.
 _LEASE_RUNNING = 120.0
 
 
@@ -329,8 +332,12 @@ class Runner:
             self._sink,
             batch_size=sw.batch_size,
             concurrency=sw.concurrency,
-            # One-request-per-episode fallback batches must finish inside the lease.
-            lease_seconds=max(300.0, 3 * sw.timeout * FALLBACK_BATCH),
+            # One-request-per-episode fallback batches must finish inside the
+            # lease: FALLBACK_BATCH requests of at most `timeout` each, 3x over.
+            # No fixed floor: the lease is also how long a batch in flight at a
+            # crash waits before the next process sends it again (300 s with
+            # the default 10 s timeout).
+            lease_seconds=3 * sw.timeout * FALLBACK_BATCH,
             backoff_initial=sw.backoff_initial,
             backoff_max=sw.backoff_max,
             log=self.log.getChild("delivery"),
@@ -647,6 +654,7 @@ class Runner:
             log=log,
         )
         origin = _origin("pull", key)
+        extended = False  # the lease was stretched past the slot while running
         try:
             checkpoints: Iterator[Any] = iter(connector.sync(request))
             try:
@@ -672,11 +680,14 @@ class Runner:
                     if self._stopping.is_set():
                         result.interrupted = True
                         break
-                    if use_lease and not self._hold_lease(source, running=True):
-                        # Another replica took over (our lease ran out): let it.
-                        log.warning("lost the lease for %s; ending this tick", key)
-                        result.interrupted = True
-                        break
+                    if use_lease:
+                        if not self._hold_lease(source, running=True):
+                            # Another replica took over (our lease ran out): let it.
+                            log.warning("lost the lease for %s; ending this tick", key)
+                            result.interrupted = True
+                            extended = False
+                            break
+                        extended = True
             finally:
                 close = getattr(checkpoints, "close", None)
                 if callable(close):
@@ -695,6 +706,13 @@ class Runner:
                 result.outcome = "sync_error"
             if not isinstance(exc, ConnectorError):
                 log.debug("sync raised", exc_info=True)
+        if extended:
+            try:
+                self._hold_lease(source, running=False)
+            except StatewaveRunnerError as exc:  # it then simply runs out later
+                log.debug(
+                    "could not shorten the lease of %s: %s", key, self.redactor.scrub(str(exc))
+                )
         if result.outcome == "ok":
             source.last_success_at = self._clock()
             metrics.last_sync.set(source.last_success_at)

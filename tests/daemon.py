@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import re
 import signal
@@ -10,8 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,6 +76,45 @@ class Daemon:
     def stderr(self) -> str:
         """Everything the daemon logged so far."""
         return "".join(self._stderr)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log lines so far, parsed (``log_format = "json"``, the default)."""
+        out = []
+        for line in self.stderr.splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def wait_log(
+        self, match: str | Callable[[dict[str, Any]], bool], timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """The first JSON log record whose ``msg`` contains ``match`` (or satisfying it).
+
+        Raises ``AssertionError`` with the log so far on timeout or if the daemon exits.
+        """
+        test = (lambda r: match in str(r.get("msg", ""))) if isinstance(match, str) else match
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in self.records():
+                if test(record):
+                    return record
+            if time.monotonic() >= deadline or self.proc.poll() is not None:
+                raise AssertionError(
+                    f"no log record matching {match!r} within {timeout}s "
+                    f"(exit {self.proc.poll()}):\n{self.stderr[-4000:]}"
+                )
+            time.sleep(0.05)
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """``GET path`` on the daemon over a real socket: ``(status, body)``."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     @property
     def url(self) -> str:

@@ -28,6 +28,7 @@ Error bodies are ``{"error": {"code", "message", "details"?, "request_id"}}``.
 Scripting failures::
 
     sw.script(Respond(503, retry_after="7"), Reset(), Delay(2.0))  # next 3 requests
+    sw.script(Hang(2.0))             # next request: 2 s, then RST, nothing stored
     sw.script(Respond(429), path="/v1/episodes/batch")             # next batch request
     sw.persistent = Respond(500)     # every request until set back to None
     sw.db_down = True                # inserts fail with 500; auth/validation still run
@@ -35,7 +36,8 @@ Scripting failures::
 
 Assertions: ``sw.requests`` (every request with its raw bytes), ``sw.episodes``
 (every accepted episode as stored, in order), ``sw.idempotency_keys()``,
-``sw.wait_for_episodes(n)``, ``sw.wait_idle()`` (no request being handled).
+``sw.wait_for_episodes(n)``, ``sw.wait_idle()`` (no request being handled),
+``sw.wait_busy()`` / ``sw.in_flight`` (a request is being handled, e.g. in a ``Delay``).
 
 Run standalone (benches): ``python -m tests.fakes --api-key K`` prints
 its URL on stdout; ``GET /_fake/stats`` answers counts (not a Statewave route).
@@ -70,6 +72,7 @@ __all__ = [
     "Close",
     "Delay",
     "FakeStatewave",
+    "Hang",
     "RecordedRequest",
     "Reset",
     "Respond",
@@ -113,7 +116,18 @@ class Delay:
     seconds: float
 
 
-Action = Respond | Reset | Close | Delay
+@dataclass(frozen=True)
+class Hang:
+    """Sleep, then reset the connection without storing anything.
+
+    A request the server lost (it died or gave up mid-request): unlike
+    ``Delay``, nothing is ingested, so only a retry can deliver it.
+    """
+
+    seconds: float
+
+
+Action = Respond | Reset | Close | Delay | Hang
 
 
 # --------------------------------------------------------------------------- records
@@ -407,6 +421,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _serve_one(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
+        # Counted for wait_busy() only once the body is complete (a client that
+        # died after its headers has not really sent a request).
+        whole = 1 if len(body) == max(length, 0) else 0
+        self.fake._received(whole)
+        try:
+            self._answer(body)
+        finally:
+            self.fake._received(-whole)
+
+    def _answer(self, body: bytes) -> None:
         split = urlsplit(self.path)
         fake = self.fake
         status, reply, extra, episodes = fake._handle(
@@ -515,6 +539,7 @@ class FakeStatewave:
         self._keys: list[str | None] = []
         self._conn_ids = itertools.count(1)
         self._in_flight = 0
+        self._processing = 0
         self._ids = random.Random()
         self._open: dict[socket.socket, int] = {}
         self._server: _Server | None = None
@@ -654,6 +679,23 @@ class FakeStatewave:
                 self._changed.wait(left)
             return True
 
+    @property
+    def in_flight(self) -> int:
+        """Requests received in full and being handled now (e.g. in a ``Delay``)."""
+        with self._lock:
+            return self._processing
+
+    def wait_busy(self, timeout: float = 10.0) -> bool:
+        """Block until a request was received in full and is being handled; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._processing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
     def reset(self) -> None:
         """Forget recorded requests and episodes (scripts and modes stay)."""
         with self._lock:
@@ -667,6 +709,11 @@ class FakeStatewave:
     def _busy(self, delta: int) -> None:
         with self._changed:
             self._in_flight += delta
+            self._changed.notify_all()
+
+    def _received(self, delta: int) -> None:
+        with self._changed:
+            self._processing += delta
             self._changed.notify_all()
 
     def _register(self, sock: socket.socket) -> int:
@@ -742,6 +789,9 @@ class FakeStatewave:
         action = self._next_action(path)
         if isinstance(action, Reset | Close):
             return None, action, [], []
+        if isinstance(action, Hang):
+            time.sleep(action.seconds)
+            return None, Reset(), [], []
         if isinstance(action, Delay):
             time.sleep(action.seconds)
         elif isinstance(action, Respond):
