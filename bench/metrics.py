@@ -19,17 +19,9 @@ Timings are the best of several batches (the least disturbed by other load).
 
 from __future__ import annotations
 
-import os
-import sys
-
-# bench/http.py is named like the stdlib package it benchmarks: with bench/ as
-# sys.path[0] (python bench/<name>.py), "import http.client" anywhere would
-# find it. Keep bench/ off sys.path.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import random
+import sys
 import time
 import timeit
 from collections.abc import Callable

@@ -36,19 +36,13 @@ table, queued or already delivered; the peer: a row).
 
 from __future__ import annotations
 
-import os
-import sys
-
-# bench/http.py is named like the stdlib package: keep bench/ off sys.path.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import hashlib
 import hmac
 import http.client
 import json
 import multiprocessing
+import os
 import re
 import selectors
 import shutil
@@ -56,6 +50,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field

@@ -22,20 +22,13 @@ hand-off), which favours APScheduler slightly.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# bench/http.py is named like the stdlib package it benchmarks: with bench/ as
-# sys.path[0] (python bench/<name>.py), "import http.client" anywhere would
-# find it. Keep bench/ off sys.path.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime

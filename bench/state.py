@@ -18,17 +18,10 @@ skipped with a note. Each run uses its own schema / key prefix and drops it.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# bench/http.py is named like the stdlib package it benchmarks: with bench/ as
-# sys.path[0] (python bench/<name>.py), "import http.client" anywhere would
-# find it. Keep bench/ off sys.path.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
+import os
 import sqlite3
+import sys
 import tempfile
 import threading
 import time

@@ -1,9 +1,9 @@
 """Every bench script starts: ``python bench/<name>.py --help`` exits 0.
 
 The benches are not run by the suite (they take minutes and measure speed),
-but they must at least import: ``bench/http.py`` shadows the stdlib ``http``
-package for any script started from ``bench/`` unless that script keeps its
-own directory off ``sys.path``.
+but they must at least import. (A script named like a stdlib module, such as
+the former ``bench/http.py``, shadows it for every bench started from
+``bench/``; this test catches that.)
 """
 
 from __future__ import annotations
