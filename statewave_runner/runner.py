@@ -59,13 +59,15 @@ IngestCallable = Callable[[Sequence[Episode]], None]
 # schedule slot it belongs to (cron: the next fire time; interval: the next
 # wall-clock multiple of the period). Another replica firing in the same slot
 # finds it held and skips; the holder's own next fire renews it. A crashed
-# holder's lease simply ends with its slot. While a tick runs longer than its
-# slot, each checkpoint extends the lease by at least _LEASE_RUNNING seconds so
-# no second replica starts the same source meanwhile; when the tick ends, the
-# lease is cut back to the end of its slot, so a process killed after a tick
-# does not keep the source from everyone (its own restart included: a new
-# process is a new replica id) for _LEASE_RUNNING seconds.
-_LEASE_RUNNING = 120.0
+# holder's lease simply ends with its slot. While a tick runs, a heartbeat keeps
+# the lease at least _LEASE_RUNNING seconds ahead (renewed every
+# _LEASE_HEARTBEAT seconds), so no second replica starts the same source
+# meanwhile, yet a process killed mid-tick frees the source within
+# _LEASE_RUNNING seconds; when the tick ends, the lease is cut back to the end
+# of its slot, so a process killed after a tick does not hold the source beyond
+# the slot (its own restart is a new replica id).
+_LEASE_RUNNING = 30.0
+_LEASE_HEARTBEAT = 10.0
 
 
 def _origin(mode: str, key: str) -> str:
@@ -83,6 +85,7 @@ class _PullSource:
     last_error: str | None = None
     last_success_at: float | None = None
     last_episodes: int = 0
+    lease_lost: bool = False
 
 
 @dataclass
@@ -228,6 +231,11 @@ class Runner:
         self._stopping = threading.Event()
         self._pull: dict[str, _PullSource] = {}
         self._push: dict[str, _PushSource] = {}
+        self._ticking: dict[str, _PullSource] = {}  # ticks holding a lease right now
+        self._ticking_lock = threading.Lock()
+        self.lease_heartbeat = _LEASE_HEARTBEAT
+        """Seconds between renewals of running ticks' leases (tests shorten it)."""
+        self._heartbeat_thread: threading.Thread | None = None
         self._timers: Timers | None = None
         self._server: Server | None = None
         self._worker: DeliveryWorker | None = None
@@ -389,6 +397,11 @@ class Runner:
             timers.add(key, source.schedule, self._tick_fn(source))
         timers.start()
         self._timers = timers
+        if self._pull:
+            self._heartbeat_thread = threading.Thread(
+                target=self._heartbeat, name="statewave-lease-heartbeat", daemon=True
+            )
+            self._heartbeat_thread.start()
         self.series.schedules_armed.set(timers.armed())
         for key, source in self._pull.items():
             source.series.next_fire.set_function(self._next_fire_fn(key))
@@ -595,6 +608,33 @@ class Runner:
             f"tick/{source.entry.key}", self.replica_id, max(until - now, 0.001)
         )
 
+    def _release_to_slot_end(self, source: _PullSource, log: ContextAdapter) -> None:
+        """Cut a tick's lease back to the end of its slot (it runs out by itself if this fails)."""
+        try:
+            self._hold_lease(source, running=False)
+        except StatewaveRunnerError as exc:
+            log.debug("could not shorten the lease: %s", self.redactor.scrub(str(exc)))
+
+    def _heartbeat(self) -> None:
+        """Keep the leases of running ticks _LEASE_RUNNING seconds ahead (own thread)."""
+        while not self._stopping.wait(self.lease_heartbeat):
+            with self._ticking_lock:
+                ticking = list(self._ticking.values())
+            for source in ticking:
+                try:
+                    held = self._hold_lease(source, running=True)
+                except StatewaveRunnerError as exc:
+                    # Unreachable backend: keep going; the lease may run out, and
+                    # then another replica may start this source too (dedup absorbs it).
+                    self.log.warning(
+                        "lease heartbeat for %s failed: %s",
+                        source.entry.key,
+                        self.redactor.scrub(str(exc)),
+                    )
+                    continue
+                if not held:
+                    source.lease_lost = True
+
     def run_tick(
         self,
         key: str,
@@ -629,9 +669,16 @@ class Runner:
         started = time.monotonic()
         result = TickResult(key=key, tick_id=tick_id, dry_run=dry)
 
-        if use_lease and not self._hold_lease(source, running=False):
-            result.outcome = "leased_elsewhere"
-            log.debug("another replica holds the lease for %s; skipping this tick", key)
+        try:
+            if use_lease and not self._hold_lease(source, running=True):
+                result.outcome = "leased_elsewhere"
+                log.debug("another replica holds the lease for %s; skipping this tick", key)
+                return self._finish_tick(source, result, started, log)
+            cursor = None if from_scratch else self.state.get_cursor(kind, name)
+        except StatewaveRunnerError as exc:  # state backend unreachable: counted as "load"
+            metrics.errors["load"].inc()
+            result.outcome = "state_error"
+            result.error = self.redactor.scrub(str(exc))
             return self._finish_tick(source, result, started, log)
 
         connector = source.connector or self._load_pull(source)
@@ -639,9 +686,10 @@ class Runner:
             metrics.errors["load"].inc()
             result.outcome = "load_error"
             result.error = source.load_error
+            if use_lease:
+                self._release_to_slot_end(source, log)
             return self._finish_tick(source, result, started, log)
 
-        cursor = None if from_scratch else self.state.get_cursor(kind, name)
         request = SyncRequest(
             kind=kind,
             name=name,
@@ -654,7 +702,10 @@ class Runner:
             log=log,
         )
         origin = _origin("pull", key)
-        extended = False  # the lease was stretched past the slot while running
+        if use_lease:
+            source.lease_lost = False
+            with self._ticking_lock:
+                self._ticking[key] = source
         try:
             checkpoints: Iterator[Any] = iter(connector.sync(request))
             try:
@@ -680,14 +731,11 @@ class Runner:
                     if self._stopping.is_set():
                         result.interrupted = True
                         break
-                    if use_lease:
-                        if not self._hold_lease(source, running=True):
-                            # Another replica took over (our lease ran out): let it.
-                            log.warning("lost the lease for %s; ending this tick", key)
-                            result.interrupted = True
-                            extended = False
-                            break
-                        extended = True
+                    if source.lease_lost:
+                        # Another replica took over (our heartbeat could not renew): let it.
+                        log.warning("lost the lease for %s; ending this tick", key)
+                        result.interrupted = True
+                        break
             finally:
                 close = getattr(checkpoints, "close", None)
                 if callable(close):
@@ -706,13 +754,11 @@ class Runner:
                 result.outcome = "sync_error"
             if not isinstance(exc, ConnectorError):
                 log.debug("sync raised", exc_info=True)
-        if extended:
-            try:
-                self._hold_lease(source, running=False)
-            except StatewaveRunnerError as exc:  # it then simply runs out later
-                log.debug(
-                    "could not shorten the lease of %s: %s", key, self.redactor.scrub(str(exc))
-                )
+        if use_lease:
+            with self._ticking_lock:
+                self._ticking.pop(key, None)
+            if not source.lease_lost:
+                self._release_to_slot_end(source, log)
         if result.outcome == "ok":
             source.last_success_at = self._clock()
             metrics.last_sync.set(source.last_success_at)
@@ -858,7 +904,7 @@ class TickResult:
     tick_id: str
     dry_run: bool = False
     outcome: str = "ok"
-    """ok | load_error | sync_error | rate_limited | queue_error | leased_elsewhere"""
+    """ok | load_error | state_error | sync_error | rate_limited | queue_error | leased_elsewhere"""
     emitted: int = 0
     queued: int = 0
     duration: float = 0.0

@@ -546,3 +546,83 @@ def test_logger_is_the_parent_of_every_runner_logger(sink: Sink) -> None:
         assert tick.getMessage().startswith("tick complete")
     finally:
         parent.removeHandler(handler)
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self.lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.now += seconds
+
+
+def test_leases_give_one_tick_per_slot_across_replicas(sink: Sink) -> None:
+    clock = FakeClock(1_700_000_000.0)  # 40 minutes into an hour: "every 1h" slot ends at :00
+    state = MemoryState(clock=clock)
+    a = Runner(
+        config(BASE.replace("[runner]", '[runner]\nreplica_id = "a"')),
+        ingest=sink,
+        state=state,
+        clock=clock,
+    )
+    b = Runner(
+        config(BASE.replace("[runner]", '[runner]\nreplica_id = "b"')),
+        ingest=sink,
+        state=state,
+        clock=clock,
+    )
+    a.lease_heartbeat = 0.02
+    with a, b:
+        assert a.run_tick("demo/main").outcome == "ok"
+        # Same slot: the other replica skips, the holder itself may tick again.
+        assert b.run_tick("demo/main").outcome == "leased_elsewhere"
+        assert a.run_tick("demo/main").outcome == "ok"
+        clock.advance(3600)  # next slot: whoever fires first takes it
+        assert b.run_tick("demo/main").outcome == "ok"
+        assert a.run_tick("demo/main").outcome == "leased_elsewhere"
+
+        # A tick that outlives its slot keeps its lease through the heartbeat.
+        gate = threading.Event()
+        demo_connectors.DemoPull.gate = gate
+        clock.advance(3600)
+        results: list[Any] = []
+        ticker = threading.Thread(target=lambda: results.append(a.run_tick("demo/main")))
+        ticker.start()
+        wait_for(lambda: len(demo_connectors.DemoPull.calls) == 4)
+        clock.advance(3 * 3600)  # far past the slot and the 30 s running lease
+        time.sleep(0.2)  # several heartbeats
+        assert b.run_tick("demo/main").outcome == "leased_elsewhere"
+        gate.set()
+        ticker.join(10)
+        assert results[0].outcome == "ok" and not results[0].interrupted
+        # The finished tick's lease was cut back to the end of its slot.
+        assert b.run_tick("demo/main").outcome == "leased_elsewhere"
+        clock.advance(3600)
+        assert b.run_tick("demo/main").outcome == "ok"
+
+
+def test_state_failure_at_tick_start_is_counted_not_raised(sink: Sink) -> None:
+    class Down(MemoryState):
+        def acquire(self, key: str, owner: str, ttl_seconds: float) -> bool:
+            raise StateError("connection refused by db.internal")
+
+    with Runner(config(), ingest=sink, state=Down()) as r:
+        result = r.run_tick("demo/main")
+        assert result.outcome == "state_error" and "connection refused" in (result.error or "")
+        samples = scrape(r)
+        assert (
+            sample(
+                samples,
+                "statewave_runner_pull_errors_total",
+                kind="demo",
+                name="main",
+                reason="load",
+            )
+            == 1
+        )
