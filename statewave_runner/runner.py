@@ -755,11 +755,13 @@ class Runner:
 
     # ------------------------------------------------------------------ push
     def _push_items(self, entry: SourceEntry, episodes: Sequence[Episode]) -> list[OutboxItem]:
-        subject = entry.config.subject
-        prepared = [dataclasses.replace(e, connector=entry.key) for e in episodes]
+        subject, key = entry.config.subject, entry.key
+        origin = _origin(entry.mode, key)
         if subject:
-            prepared = [dataclasses.replace(e, subject=subject) for e in prepared]
-        return [outbox_item(e, _origin(entry.mode, entry.key)) for e in prepared]
+            prepared = [dataclasses.replace(e, connector=key, subject=subject) for e in episodes]
+        else:
+            prepared = [dataclasses.replace(e, connector=key) for e in episodes]
+        return [outbox_item(e, origin) for e in prepared]
 
     def _queue(self, entry: SourceEntry, episodes: Sequence[Episode]) -> int:
         items = self._push_items(entry, episodes)
