@@ -38,6 +38,7 @@ table, queued or already delivered; the peer: a row).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -64,6 +65,8 @@ TEAM = "TBENCH"
 DUP_EVENTS = 100
 TARGET_RPS, TARGET_P99_MS = 4000.0, 25.0
 NODE_RPS, NODE_P99 = 1900.0, "48-80"
+PIN_CLIENT: list[str] = []
+"""``taskset -c <other cpus>`` before the load generator when ``--pin`` is given."""
 
 
 # --------------------------------------------------------------------------- payloads
@@ -422,6 +425,7 @@ def run_wrk(
         )
     )
     cmd = [
+        *PIN_CLIENT,
         "wrk",
         f"-t{threads}",
         f"-c{conns}",
@@ -635,10 +639,19 @@ def stored_events(server: Server, sent: list[tuple[int, int]]) -> int:
 # --------------------------------------------------------------------------- main
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Restrict every thread of ``pid`` (threads it starts later inherit it) to ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # the thread ended
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def measure(server: Server, args: argparse.Namespace, client: str, work: Path) -> dict[str, object]:
     """Warm-up, the unique-id case, the duplicate-id case; stop the server; check its store."""
 
     retry = "" if args.dup_no_retry_header else "1"
+    if args.pin is not None:
+        pin(server.proc.pid, {args.pin})
 
     def load(unique: bool, run: int, duration: float) -> Result:
         if client == "wrk":
@@ -704,6 +717,13 @@ def main() -> None:
         action="store_true",
         help="duplicates without X-Slack-Retry-Num (copies, not Slack retries)",
     )
+    ap.add_argument(
+        "--pin",
+        type=int,
+        metavar="CPU",
+        help="run each server on this one CPU (all its threads) and the load generator on "
+        "the others: a GIL-bound server then hands the GIL over without waking another CPU",
+    )
     ap.add_argument("--only", choices=("ours", "peer"), help="run one server only")
     ap.add_argument("--profile", metavar="FILE", help="py-spy record the daemon (unique case)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
@@ -716,14 +736,25 @@ def main() -> None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk); or use --client python")
     if args.profile and not shutil.which("py-spy"):
         raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+    if args.pin is not None:
+        others = sorted(os.sched_getaffinity(0) - {args.pin})
+        if args.pin not in os.sched_getaffinity(0) or not others:
+            raise SystemExit(f"--pin {args.pin}: needs that CPU and at least one other")
+        if client == "wrk" and shutil.which("taskset"):
+            PIN_CLIENT[:] = ["taskset", "-c", ",".join(map(str, others))]
 
     load_avg = os.getloadavg()
     print(
         f"signed Slack deliveries, {args.connections} keep-alive connections, "
         f"{args.duration:g}s per case, client={client}"
         f"{f' (-t{args.wrk_threads})' if client == 'wrk' else f' ({args.procs} procs)'}, "
-        f"cpus={os.cpu_count()} shared by client and server, "
-        f"load average before {load_avg[0]:.2f}, python={sys.version.split()[0]}"
+        f"cpus={os.cpu_count()} "
+        + (
+            f"(servers pinned to CPU {args.pin}, client on the others), "
+            if args.pin is not None
+            else "shared by client and server, "
+        )
+        + f"load average before {load_avg[0]:.2f}, python={sys.version.split()[0]}"
     )
     work = Path(tempfile.mkdtemp(prefix="bench-push-"))
     results: dict[str, dict[str, object]] = {}
