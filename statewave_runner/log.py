@@ -141,18 +141,22 @@ class RedactingFilter(logging.Filter):
             record.exc_text = scrub(record.exc_text)
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
-        for key, value in list(record.__dict__.items()):
-            if key in _RESERVED or key.startswith("_"):
-                continue
+        fields = record.__dict__
+        for key in [k for k in fields if k not in _RESERVED and k[:1] != "_"]:
             if key != CTX and _is_secret_key(key):
-                record.__dict__[key] = MASK
+                fields[key] = MASK
             else:
-                record.__dict__[key] = _scrub_value(value, self.redactor, 0)
+                fields[key] = _scrub_value(fields[key], self.redactor, 0)
         record._sw_redacted = True
         return True
 
 
 def _scrub_value(value: object, redactor: Redactor, depth: int) -> Any:
+    kind = type(value)
+    if kind is str:
+        return redactor.scrub(value)  # type: ignore[arg-type]
+    if kind is int or kind is float or value is None:
+        return value
     if isinstance(value, str):
         return redactor.scrub(value)
     if value is None or isinstance(value, bool | int | float):
@@ -176,13 +180,10 @@ def _scrub_value(value: object, redactor: Redactor, depth: int) -> Any:
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:
     """Bound context first, then other ``extra=`` fields, in the order given."""
-    fields: dict[str, Any] = {}
-    bound = record.__dict__.get(CTX)
-    if isinstance(bound, Mapping):
-        fields.update(bound)
-    for key, value in record.__dict__.items():
-        if key not in _RESERVED and key != CTX and not key.startswith("_"):
-            fields[key] = value
+    raw = record.__dict__
+    bound = raw.get(CTX)
+    fields: dict[str, Any] = dict(bound) if isinstance(bound, Mapping) else {}
+    fields.update({k: raw[k] for k in raw if k not in _RESERVED and k != CTX and k[:1] != "_"})
     return fields
 
 
@@ -207,6 +208,11 @@ def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> 
     return None
 
 
+# json.dumps() with options builds an encoder per call; these are built once.
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
+_TEXT_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts level logger msg``, context fields, ``exc``, ``stack``."""
 
@@ -224,15 +230,13 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = exc
         if record.stack_info:
             out["stack"] = record.stack_info
-        return json.dumps(out, ensure_ascii=False, default=str, separators=(",", ":"))
+        return _LINE_ENCODER.encode(out)
 
 
 def _text_value(value: object) -> str:
-    if isinstance(value, str):
-        if value and not any(c in value for c in ' "=\n\t\\'):
-            return value
-        return json.dumps(value, ensure_ascii=False)
-    return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, str) and value and not any(c in value for c in ' "=\n\t\\'):
+        return value
+    return _TEXT_ENCODER.encode(value)
 
 
 class TextFormatter(logging.Formatter):
