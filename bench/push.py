@@ -20,14 +20,15 @@ Two servers, each in its own process, each with SQLite (WAL, synchronous=FULL):
 
 Each server gets two cases with ``--connections`` (50) concurrent keep-alive
 connections: unique event ids (every request is a new event: a durable write
-each), and duplicate event ids (Slack retries of 100 events already taken: a
-dedup lookup, no write). Requests are signed with a fresh timestamp. The load
-generator is a separate process: ``wrk`` with a Lua script replaying a pool
-of pre-signed requests (one unique event per request, so nothing is
-deduplicated by accident; a run longer than the pool says so), or a
-multi-process Python client that signs as it goes (CPU-hungry: it competes
-with the server for the cores). Client and server share this machine's cores:
-the report prints the CPU each used.
+each), and duplicate event ids (Slack retries of 100 events already taken,
+carrying ``X-Slack-Retry-Num: 1`` as Slack's retries do, or without it with
+``--dup-no-retry-header``: no new write either way). Requests are signed with
+a fresh timestamp. The load generator is a separate process: ``wrk`` with a
+Lua script replaying a pool of pre-signed requests (one unique event per
+request, so nothing is deduplicated by accident; a run longer than the pool
+says so), or a multi-process Python client that signs as it goes (CPU-hungry:
+it competes with the server for the cores). Client and server share this
+machine's cores: the report prints the CPU each used.
 
 After each unique-id case the bench checks the server's database: every
 request answered 200 is stored (ours: its idempotency key is in the outbox key
@@ -37,6 +38,7 @@ table, queued or already delivered; the peer: a row).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -63,6 +65,8 @@ TEAM = "TBENCH"
 DUP_EVENTS = 100
 TARGET_RPS, TARGET_P99_MS = 4000.0, 25.0
 NODE_RPS, NODE_P99 = 1900.0, "48-80"
+PIN_CLIENT: list[str] = []
+"""``taskset -c <other cpus>`` before the load generator when ``--pin`` is given."""
 
 
 # --------------------------------------------------------------------------- payloads
@@ -346,7 +350,7 @@ def _ms(text: str) -> float:
 
 _LUA = r"""
 -- Replays pre-signed requests from a file: one line per request,
--- "<timestamp>\t<signature>\t<body>"; thread i takes every n-th line.
+-- "<timestamp>\t<signature>\t<retry num or empty>\t<body>"; thread i takes every n-th line.
 local path, target = __PATH__, __TARGET__
 local threads, counter = {}, 0
 function setup(thread)
@@ -360,12 +364,16 @@ function init(args)
   local i = 0
   for line in io.lines(path) do
     if i % nthreads == tid then
-      local ts, sig, body = line:match("^([^\t]+)\t([^\t]+)\t(.*)$")
-      reqs[#reqs + 1] = wrk.format("POST", target, {
+      local ts, sig, retry, body = line:match("^([^\t]+)\t([^\t]+)\t([^\t]*)\t(.*)$")
+      local headers = {
         ["Content-Type"] = "application/json",
         ["X-Slack-Request-Timestamp"] = ts,
         ["X-Slack-Signature"] = sig,
-      }, body)
+      }
+      if retry ~= "" then
+        headers["X-Slack-Retry-Num"] = retry
+      end
+      reqs[#reqs + 1] = wrk.format("POST", target, headers, body)
     end
     i = i + 1
   end
@@ -379,8 +387,11 @@ end
 """
 
 
-def write_pool(path: Path, count: int, *, unique: bool, run: int) -> None:
-    """``count`` pre-signed requests; unique events, or the DUP_EVENTS primed ones."""
+def write_pool(path: Path, count: int, *, unique: bool, run: int, retry: str) -> None:
+    """``count`` pre-signed requests; unique events, or the DUP_EVENTS primed ones.
+
+    ``retry`` is the ``X-Slack-Retry-Num`` the duplicates carry ("" for none).
+    """
     ts = str(int(time.time()))
     with path.open("w") as out:
         for i in range(count):
@@ -390,16 +401,23 @@ def write_pool(path: Path, count: int, *, unique: bool, run: int) -> None:
             else:
                 n = event_number(0, 0, i % DUP_EVENTS)
                 body = event_body(f"Ev{n}", n)
-            out.write(f"{ts}\t{sign(body, ts)}\t{body.decode()}\n")
+            out.write(f"{ts}\t{sign(body, ts)}\t{'' if unique else retry}\t{body.decode()}\n")
 
 
 def run_wrk(
-    server: Server, conns: int, duration: float, threads: int, unique: bool, work: Path, run: int
+    server: Server,
+    conns: int,
+    duration: float,
+    threads: int,
+    unique: bool,
+    work: Path,
+    run: int,
+    retry: str = "1",
 ) -> Result:
     # Enough unique events that the fastest plausible run does not wrap around.
     pool = int(max(20_000, duration * 15_000)) if unique else DUP_EVENTS * 10
     pool_file = work / f"pool-{run}.tsv"
-    write_pool(pool_file, pool, unique=unique, run=run)
+    write_pool(pool_file, pool, unique=unique, run=run, retry=retry)
     script = work / f"replay-{run}.lua"
     script.write_text(
         _LUA.replace("__PATH__", json.dumps(str(pool_file))).replace(
@@ -407,6 +425,7 @@ def run_wrk(
         )
     )
     cmd = [
+        *PIN_CLIENT,
         "wrk",
         f"-t{threads}",
         f"-c{conns}",
@@ -459,6 +478,7 @@ def _py_worker(
     unique: bool,
     run: int,
     worker: int,
+    retry: str,
     out: multiprocessing.Queue[object],
 ) -> None:
     """One load process: ``conns`` keep-alive connections, signing each request."""
@@ -475,9 +495,10 @@ def _py_worker(
         k = event_number(run, worker, n) if unique else event_number(0, 0, n % DUP_EVENTS)
         body = event_body(f"Ev{k}", k)
         ts = str(int(time.time()))
+        retry_header = f"X-Slack-Retry-Num: {retry}\r\n" if retry and not unique else ""
         return (
             head + f"X-Slack-Request-Timestamp: {ts}\r\nX-Slack-Signature: {sign(body, ts)}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"{retry_header}Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
 
     for _ in range(conns):
@@ -518,14 +539,20 @@ def _py_worker(
 
 
 def run_python(
-    server: Server, conns: int, duration: float, procs: int, unique: bool, run: int
+    server: Server,
+    conns: int,
+    duration: float,
+    procs: int,
+    unique: bool,
+    run: int,
+    retry: str = "1",
 ) -> Result:
     q: multiprocessing.Queue[object] = multiprocessing.Queue()
     per = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
     workers = [
         multiprocessing.Process(
             target=_py_worker,
-            args=(server.port, server.path, k, duration, unique, run, i + 1, q),
+            args=(server.port, server.path, k, duration, unique, run, i + 1, retry, q),
         )
         for i, k in enumerate(per)
     ]
@@ -612,13 +639,26 @@ def stored_events(server: Server, sent: list[tuple[int, int]]) -> int:
 # --------------------------------------------------------------------------- main
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Restrict every thread of ``pid`` (threads it starts later inherit it) to ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # the thread ended
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def measure(server: Server, args: argparse.Namespace, client: str, work: Path) -> dict[str, object]:
     """Warm-up, the unique-id case, the duplicate-id case; stop the server; check its store."""
 
+    retry = "" if args.dup_no_retry_header else "1"
+    if args.pin is not None:
+        pin(server.proc.pid, {args.pin})
+
     def load(unique: bool, run: int, duration: float) -> Result:
         if client == "wrk":
-            return run_wrk(server, args.connections, duration, args.wrk_threads, unique, work, run)
-        return run_python(server, args.connections, duration, args.procs, unique, run)
+            return run_wrk(
+                server, args.connections, duration, args.wrk_threads, unique, work, run, retry
+            )
+        return run_python(server, args.connections, duration, args.procs, unique, run, retry)
 
     try:
         time.sleep(0.5)
@@ -672,6 +712,18 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2, help="python client processes")
     ap.add_argument("--sink", choices=("file", "statewave", "down"), default="file")
     ap.add_argument("--log-level", default="info", help="the daemon's log level (default info)")
+    ap.add_argument(
+        "--dup-no-retry-header",
+        action="store_true",
+        help="duplicates without X-Slack-Retry-Num (copies, not Slack retries)",
+    )
+    ap.add_argument(
+        "--pin",
+        type=int,
+        metavar="CPU",
+        help="run each server on this one CPU (all its threads) and the load generator on "
+        "the others: a GIL-bound server then hands the GIL over without waking another CPU",
+    )
     ap.add_argument("--only", choices=("ours", "peer"), help="run one server only")
     ap.add_argument("--profile", metavar="FILE", help="py-spy record the daemon (unique case)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
@@ -684,14 +736,25 @@ def main() -> None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk); or use --client python")
     if args.profile and not shutil.which("py-spy"):
         raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+    if args.pin is not None:
+        others = sorted(os.sched_getaffinity(0) - {args.pin})
+        if args.pin not in os.sched_getaffinity(0) or not others:
+            raise SystemExit(f"--pin {args.pin}: needs that CPU and at least one other")
+        if client == "wrk" and shutil.which("taskset"):
+            PIN_CLIENT[:] = ["taskset", "-c", ",".join(map(str, others))]
 
     load_avg = os.getloadavg()
     print(
         f"signed Slack deliveries, {args.connections} keep-alive connections, "
         f"{args.duration:g}s per case, client={client}"
         f"{f' (-t{args.wrk_threads})' if client == 'wrk' else f' ({args.procs} procs)'}, "
-        f"cpus={os.cpu_count()} shared by client and server, "
-        f"load average before {load_avg[0]:.2f}, python={sys.version.split()[0]}"
+        f"cpus={os.cpu_count()} "
+        + (
+            f"(servers pinned to CPU {args.pin}, client on the others), "
+            if args.pin is not None
+            else "shared by client and server, "
+        )
+        + f"load average before {load_avg[0]:.2f}, python={sys.version.split()[0]}"
     )
     work = Path(tempfile.mkdtemp(prefix="bench-push-"))
     results: dict[str, dict[str, object]] = {}

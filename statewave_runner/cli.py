@@ -210,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         fmt=config.runner.log_format,
         level=config.runner.log_level,
         redactor=Redactor(config.secrets),
+        background=True,
     )
     runner = Runner(config)
 

@@ -127,6 +127,8 @@ _ISO_TIMESTAMP = re.compile(
 
 def clean_str(text: str) -> str:
     """``text`` without NUL characters and with lone surrogates replaced by U+FFFD."""
+    if text.isascii():  # the common case, and no surrogate is ASCII: two C calls
+        return text.replace("\x00", "") if "\x00" in text else text
     if not _BAD_CHARS.search(text):
         return text
     text = text.replace("\x00", "")
@@ -142,6 +144,16 @@ def clean_json(value: Any) -> Any:
     ``None`` (PostgreSQL's jsonb rejects them); tuples become lists; anything
     that is not JSON becomes its ``str()``.
     """
+    kind = type(value)
+    if kind is str:
+        return clean_str(value)
+    if kind is dict:  # exact types first: the common cases without isinstance walks
+        return {
+            clean_str(k) if type(k) is str else clean_str(str(k)): clean_json(v)
+            for k, v in value.items()
+        }
+    if value is None or kind is int or kind is bool:
+        return value
     if isinstance(value, str):
         return clean_str(value)
     if value is None or isinstance(value, bool | int):

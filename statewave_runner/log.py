@@ -19,9 +19,13 @@ as ``extra={"ctx": {"name": ...}}``; both end up as top-level fields.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+import queue
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Mapping, MutableMapping
@@ -32,6 +36,7 @@ from .redact import MASK, Redactor
 
 __all__ = [
     "LOGGER_NAME",
+    "BackgroundHandler",
     "ContextAdapter",
     "JsonFormatter",
     "RedactingFilter",
@@ -84,9 +89,20 @@ _SECRET_KEY_PARTS = ("signature", "secret", "password", "passwd", "token", "api_
 _MAX_DEPTH = 6
 
 
+_SECRET_KEY_CACHE: dict[str, bool] = {}
+
+
 def _is_secret_key(key: str) -> bool:
+    # Field names repeat on every line (method, path, kind, ...): remember the
+    # answer for the first thousand of them.
+    known = _SECRET_KEY_CACHE.get(key)
+    if known is not None:
+        return known
     k = key.lower()
-    return k in _SECRET_KEYS or any(part in k for part in _SECRET_KEY_PARTS)
+    secret = k in _SECRET_KEYS or any(part in k for part in _SECRET_KEY_PARTS)
+    if len(_SECRET_KEY_CACHE) < 1024:
+        _SECRET_KEY_CACHE[key] = secret
+    return secret
 
 
 # --------------------------------------------------------------------------- redaction
@@ -125,18 +141,22 @@ class RedactingFilter(logging.Filter):
             record.exc_text = scrub(record.exc_text)
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
-        for key, value in list(record.__dict__.items()):
-            if key in _RESERVED or key.startswith("_"):
-                continue
+        fields = record.__dict__
+        for key in [k for k in fields if k not in _RESERVED and k[:1] != "_"]:
             if key != CTX and _is_secret_key(key):
-                record.__dict__[key] = MASK
+                fields[key] = MASK
             else:
-                record.__dict__[key] = _scrub_value(value, self.redactor, 0)
+                fields[key] = _scrub_value(fields[key], self.redactor, 0)
         record._sw_redacted = True
         return True
 
 
 def _scrub_value(value: object, redactor: Redactor, depth: int) -> Any:
+    kind = type(value)
+    if kind is str:
+        return redactor.scrub(value)  # type: ignore[arg-type]
+    if kind is int or kind is float or value is None:
+        return value
     if isinstance(value, str):
         return redactor.scrub(value)
     if value is None or isinstance(value, bool | int | float):
@@ -160,18 +180,23 @@ def _scrub_value(value: object, redactor: Redactor, depth: int) -> Any:
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:
     """Bound context first, then other ``extra=`` fields, in the order given."""
-    fields: dict[str, Any] = {}
-    bound = record.__dict__.get(CTX)
-    if isinstance(bound, Mapping):
-        fields.update(bound)
-    for key, value in record.__dict__.items():
-        if key not in _RESERVED and key != CTX and not key.startswith("_"):
-            fields[key] = value
+    raw = record.__dict__
+    bound = raw.get(CTX)
+    fields: dict[str, Any] = dict(bound) if isinstance(bound, Mapping) else {}
+    fields.update({k: raw[k] for k in raw if k not in _RESERVED and k != CTX and k[:1] != "_"})
     return fields
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    global _last_second
+    second, stamp = _last_second  # one tuple: read and replaced atomically
+    if math.floor(record.created) != second:
+        second = math.floor(record.created)  # gmtime() floors too
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, stamp)
     return f"{stamp}.{int(record.msecs):03d}Z"
 
 
@@ -181,6 +206,11 @@ def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> 
     if record.exc_info and record.exc_info[0] is not None:
         return formatter.formatException(record.exc_info)
     return None
+
+
+# json.dumps() with options builds an encoder per call; these are built once.
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
+_TEXT_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -200,15 +230,13 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = exc
         if record.stack_info:
             out["stack"] = record.stack_info
-        return json.dumps(out, ensure_ascii=False, default=str, separators=(",", ":"))
+        return _LINE_ENCODER.encode(out)
 
 
 def _text_value(value: object) -> str:
-    if isinstance(value, str):
-        if value and not any(c in value for c in ' "=\n\t\\'):
-            return value
-        return json.dumps(value, ensure_ascii=False)
-    return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, str) and value and not any(c in value for c in ' "=\n\t\\'):
+        return value
+    return _TEXT_ENCODER.encode(value)
 
 
 class TextFormatter(logging.Formatter):
@@ -269,6 +297,131 @@ def bind(logger: logging.Logger | ContextAdapter, **context: object) -> ContextA
     return ContextAdapter(logger, context)
 
 
+# --------------------------------------------------------------------------- background writing
+
+# Argument types a record may keep unrendered until the writer thread formats
+# it: they cannot change in the meantime.
+_IMMUTABLE = (str, int, float, bool, type(None))
+_STOP = object()
+# Lines formatted per write at most: formatting holds the GIL, and a long
+# batch would hold it past the switch interval while requests wait.
+_MAX_BATCH = 64
+
+
+class BackgroundHandler(logging.Handler):
+    """Filters, formats and writes records on one thread of its own, in logging order.
+
+    The logging thread only appends the record to a queue: no lock, no
+    formatting, no system call. The writer thread takes whatever has queued
+    up, runs this handler's filters (the redaction) and formatter over it and
+    writes it with one ``write`` and one ``flush`` per 64 lines: under load
+    many lines per system call, and no request thread ever waits for a lock
+    or for another thread's write.
+
+    A record's message is rendered on the logging thread when an argument is
+    mutable (a list, a dict, an object), so the line shows what was true when
+    it was logged. :meth:`flush` waits until everything logged so far is
+    written; :meth:`close` (``logging.shutdown()`` calls both) writes what is
+    queued and stops the thread; a record logged after that is written by the
+    logging thread itself. A process killed with SIGKILL loses the lines still
+    queued (a few milliseconds' worth).
+    """
+
+    def __init__(self, stream: TextIO, *, linger: float = 0.002):
+        super().__init__()
+        self.stream = stream
+        self._linger = linger
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="statewave-log-writer", daemon=True)
+        self._thread.start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # Filters run on the writer thread (_write_batch); Handler.handle
+        # would run them here, under a lock every logging thread shares.
+        if self._closed:  # after logging.shutdown(): write it here and now
+            with self.lock:  # type: ignore[union-attr]
+                self._write_batch([record])
+            return True
+        args = record.args
+        if args and not (isinstance(args, tuple) and all(isinstance(a, _IMMUTABLE) for a in args)):
+            # Bad %-args raise here: leave them to RedactingFilter, which keeps
+            # what it can of the line.
+            with contextlib.suppress(Exception):
+                record.msg = record.getMessage()
+                record.args = ()
+        self._queue.put(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.handle(record)
+
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        cap = _MAX_BATCH
+        while True:
+            batch = [get()]
+            if self._linger > 0:
+                # Let a burst queue up: one write for many lines.
+                time.sleep(self._linger)
+            while True:
+                while len(batch) < cap:
+                    try:
+                        batch.append(get_nowait())
+                    except queue.Empty:
+                        break
+                if self._write_batch(batch):
+                    return
+                if len(batch) < cap:
+                    break
+                # More may be queued: the write gave other threads the GIL;
+                # go on without sleeping.
+                batch = []
+
+    def _write_batch(self, batch: list[Any]) -> bool:
+        lines: list[str] = []
+        done: list[threading.Event] = []
+        stop = False
+        for item in batch:
+            if isinstance(item, threading.Event):
+                done.append(item)
+                continue
+            if item is _STOP:
+                stop = True
+                continue
+            try:
+                if self.filter(item):
+                    lines.append(self.format(item))
+            except Exception:
+                self.handleError(item)
+        if lines:
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except Exception:
+                self.handleError(batch[0])
+        for event in done:
+            event.set()
+        return stop
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout`` seconds) until every record logged so far is written."""
+        if not self._thread.is_alive():
+            return
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait(timeout)
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            if self._thread.is_alive():
+                self._queue.put(_STOP)
+                self._thread.join(5.0)
+        super().close()
+
+
 # --------------------------------------------------------------------------- setup
 
 
@@ -278,6 +431,7 @@ def configure_logging(
     level: str = "info",
     redactor: Redactor | None = None,
     stream: TextIO | None = None,
+    background: bool = False,
 ) -> None:
     """Send the ``statewave_runner`` logger tree to ``stream`` (default stderr).
 
@@ -285,7 +439,10 @@ def configure_logging(
     warning error critical``. Calling it again replaces the handler it
     installed before (never duplicates it) and leaves other handlers alone.
     The tree stops propagating to the root logger, so a line is not printed
-    twice when the application has configured the root too.
+    twice when the application has configured the root too. ``background``
+    redacts, formats and writes on a thread of its own
+    (:class:`BackgroundHandler`): what the daemon does, so that a request
+    never waits for a log line.
     """
     issues = []
     if fmt not in ("json", "text"):
@@ -302,7 +459,8 @@ def configure_logging(
         if getattr(old, "_statewave_runner", False):
             logger.removeHandler(old)
             old.close()
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    out = stream if stream is not None else sys.stderr
+    handler: logging.Handler = BackgroundHandler(out) if background else logging.StreamHandler(out)
     handler._statewave_runner = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactingFilter(redactor))

@@ -186,6 +186,12 @@ class DeliveryWorker:
         # Reentrant: observers called under it may read status().
         self._lock = threading.RLock()
         self._wakeup = threading.Condition(self._lock)
+        # wake() without a lock: it raises _pending, and takes the lock to
+        # notify only when a thread sleeps (_sleeping, changed under _lock).
+        # A thread raises _sleeping before it looks at _pending, so a wake()
+        # that saw no sleeper is seen by the thread about to sleep.
+        self._pending = False
+        self._sleeping = 0
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._drain_until: float | None = None
@@ -255,9 +261,16 @@ class DeliveryWorker:
             self._set_state_locked("stopped", "")
 
     def wake(self) -> None:
-        """New items were queued: deliver now instead of at the next poll."""
-        with self._lock:
-            self._wakeup.notify_all()
+        """New items were queued: deliver now instead of at the next poll.
+
+        Cheap when no delivery thread sleeps (every put of a busy runner calls
+        it): a flag the threads look at before they sleep; no lock, no notify.
+        """
+        self._pending = True
+        if self._sleeping:
+            with self._lock:
+                if self._sleeping:
+                    self._wakeup.notify_all()
 
     def status(self) -> DeliveryStatus:
         """A snapshot for ``describe()``."""
@@ -287,7 +300,13 @@ class DeliveryWorker:
                         return  # draining: nothing due right now
                     continue
                 if delay > 0:
-                    self._wakeup.wait(delay)
+                    self._sleeping += 1
+                    try:
+                        if not self._pending:  # items queued since we looked: look again
+                            self._wakeup.wait(delay)
+                    finally:
+                        self._sleeping -= 1
+                    self._pending = False  # the next step() claims whatever that was for
 
     def step(self) -> float:
         """Do one unit of work; return seconds to wait before the next (0: go on).

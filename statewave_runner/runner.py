@@ -49,7 +49,7 @@ from .schedule import Schedule, next_fire_times
 from .schedule import parse as parse_schedule
 from .series import PullSeries, PushSeries, RunnerSeries
 from .server import Limits, Server
-from .state import ClaimedItem, OutboxSettings, StateBackend, open_state
+from .state import ClaimedItem, OutboxItem, OutboxSettings, StateBackend, open_state
 from .timers import Timers
 
 IngestCallable = Callable[[Sequence[Episode]], None]
@@ -111,6 +111,9 @@ class _Ctx:
 
     def emit(self, episodes: Sequence[Episode]) -> int:
         return self.runner._queue(self.entry, episodes)
+
+    def emit_once(self, event_key: str, episodes: Sequence[Episode], ttl_seconds: float) -> bool:
+        return self.runner._queue_once(self.entry, event_key, episodes, ttl_seconds)
 
     def get_cursor(self) -> str | None:
         return self.runner.state.get_cursor(self.kind, self.name)
@@ -797,12 +800,17 @@ class Runner:
         return result
 
     # ------------------------------------------------------------------ push
-    def _queue(self, entry: SourceEntry, episodes: Sequence[Episode]) -> int:
-        subject = entry.config.subject
-        prepared = [dataclasses.replace(e, connector=entry.key) for e in episodes]
+    def _push_items(self, entry: SourceEntry, episodes: Sequence[Episode]) -> list[OutboxItem]:
+        subject, key = entry.config.subject, entry.key
+        origin = _origin(entry.mode, key)
         if subject:
-            prepared = [dataclasses.replace(e, subject=subject) for e in prepared]
-        items = [outbox_item(e, _origin(entry.mode, entry.key)) for e in prepared]
+            prepared = [dataclasses.replace(e, connector=key, subject=subject) for e in episodes]
+        else:
+            prepared = [dataclasses.replace(e, connector=key) for e in episodes]
+        return [outbox_item(e, origin) for e in prepared]
+
+    def _queue(self, entry: SourceEntry, episodes: Sequence[Episode]) -> int:
+        items = self._push_items(entry, episodes)
         try:
             added = self.state.put(items)
         except StateError as exc:
@@ -810,6 +818,18 @@ class Runner:
         if items and self._worker is not None:
             self._worker.wake()
         return added
+
+    def _queue_once(
+        self, entry: SourceEntry, event_key: str, episodes: Sequence[Episode], ttl_seconds: float
+    ) -> bool:
+        items = self._push_items(entry, episodes)
+        try:
+            added, new = self.state.put_and_mark(items, event_key, ttl_seconds)
+        except StateError as exc:
+            raise EmitError(f"could not queue episodes: {self.redactor.scrub(str(exc))}") from None
+        if added and self._worker is not None:
+            self._worker.wake()
+        return new
 
     def _push_handler(self, push: _PushSource) -> Callable[[Request], Response]:
         entry = push.entry

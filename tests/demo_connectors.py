@@ -70,10 +70,15 @@ class DemoPull:
 class DemoPushConfig(PushConfig):
     signing_secret: str = secret()
     channels: list[str] = option()
+    once: bool = option(False, doc="queue and mark in one step (ctx.emit_once)")
 
 
 class DemoPush:
-    """Accepts {"id": ...}: dedup on id, emit one episode, 503 when emit fails."""
+    """Accepts {"id": ...}: dedup on id, emit one episode, 503 when emit fails.
+
+    By default the receiver dedups itself (contains, emit, mark_if_new); with
+    ``once`` it makes one ``ctx.emit_once`` call instead.
+    """
 
     def __init__(self, config: DemoPushConfig):
         self.config = config
@@ -87,7 +92,7 @@ class DemoPush:
         if not isinstance(body, dict) or "id" not in body:
             return Response.json(400, {"error": "invalid_json"})
         event_id = str(body["id"])
-        if ctx.dedup.contains(event_id):
+        if not self.config.once and ctx.dedup.contains(event_id):
             return Response.json(200, {"ok": True, "deduplicated": True})
         episode = make_episode(
             subject=ctx.subject or "demo:push",
@@ -98,6 +103,14 @@ class DemoPush:
         )
         from statewave_runner.errors import EmitError
 
+        if self.config.once:
+            try:
+                new = ctx.emit_once(event_id, [episode], 3600)
+            except EmitError:
+                return Response.json(503, {"error": "unavailable"})
+            if not new:
+                return Response.json(200, {"ok": True, "deduplicated": True})
+            return Response.json(200, {"ok": True})
         try:
             ctx.emit([episode])
         except EmitError:

@@ -11,6 +11,7 @@ import pytest
 
 from statewave_runner.connectors.base import Episode, PushReceiver
 from statewave_runner.connectors.slack import (
+    DEDUP_TTL_SECONDS,
     PUSH_SPEC,
     SlackPushConfig,
     SlackReceiver,
@@ -44,17 +45,29 @@ class Ctx:
         self.clock = NOW
         self.fail_emit = False
         self.emitted: list[Episode] = []
+        self.marks: list[tuple[str, float]] = []
 
     def emit(self, episodes: Sequence[Episode]) -> int:
         if self.fail_emit:
             raise EmitError("state backend unavailable")
-        items = [
+        added = self.state.put(self._items(episodes))
+        self.emitted.extend(episodes)
+        return added
+
+    def _items(self, episodes: Sequence[Episode]) -> list[OutboxItem]:
+        return [
             OutboxItem(e.idempotency_key, json.dumps(e.to_dict()), f"slack/{self.name}")
             for e in episodes
         ]
-        added = self.state.put(items)
-        self.emitted.extend(episodes)
-        return added
+
+    def emit_once(self, event_key: str, episodes: Sequence[Episode], ttl_seconds: float) -> bool:
+        if self.fail_emit:
+            raise EmitError("state backend unavailable")
+        self.marks.append((event_key, ttl_seconds))
+        _, new = self.state.put_and_mark(self._items(episodes), event_key, ttl_seconds)
+        if new:
+            self.emitted.extend(episodes)
+        return new
 
     def get_cursor(self) -> str | None:
         return self.state.get_cursor(self.kind, self.name)
@@ -430,6 +443,90 @@ def test_concurrent_duplicates_queue_one_episode(ctx: Ctx) -> None:
         t.join(10)
     assert results == [200] * 8
     assert queued(ctx) == 1  # the outbox dedups by idempotency key
+
+
+class NoLookups:
+    """A dedup store a receiver must not touch: emit_once does it all in one transaction."""
+
+    def contains(self, key: str) -> bool:
+        raise AssertionError(f"dedup lookup of {key} before queuing")
+
+    def mark_if_new(self, key: str, ttl_seconds: float) -> bool:
+        raise AssertionError(f"separate mark of {key} after queuing")
+
+
+def test_one_state_call_per_delivery_marks_with_the_episode(ctx: Ctx) -> None:
+    ctx.dedup = NoLookups()
+    body = fake.event_callback(fake.message(), event_id="EvONE")
+    assert post(receiver(), ctx, body) == (200, {"ok": True})
+    assert post(receiver(), ctx, body) == (200, {"ok": True, "deduplicated": True})
+    # Slack retries for about an hour: the mark outlives that.
+    assert ctx.marks == [("slack/main:EvONE", DEDUP_TTL_SECONDS)] * 2
+    assert DEDUP_TTL_SECONDS >= 3600
+    assert queued(ctx) == 1 and len(ctx.emitted) == 1
+
+
+class CountingLookups:
+    def __init__(self, state: MemoryState):
+        self.state = state
+        self.lookups: list[str] = []
+
+    def contains(self, key: str) -> bool:
+        self.lookups.append(key)
+        return self.state.contains(key)
+
+    def mark_if_new(self, key: str, ttl_seconds: float) -> bool:
+        raise AssertionError(f"separate mark of {key} after queuing")
+
+
+def test_a_slack_retry_of_a_marked_event_is_answered_by_one_read(ctx: Ctx) -> None:
+    lookups = CountingLookups(ctx.state)
+    ctx.dedup = lookups
+    body = fake.event_callback(fake.message(), event_id="EvRETRY")
+    assert post(receiver(), ctx, body) == (200, {"ok": True})
+    assert lookups.lookups == []  # a first delivery does not look
+    ctx.clock += 60
+    headers = fake.signed_headers(SECRET, body, timestamp=ctx.clock, retry_num=1)
+    assert post(receiver(), ctx, body, headers=headers) == (
+        200,
+        {"ok": True, "deduplicated": True},
+    )
+    assert lookups.lookups == ["slack/main:EvRETRY"]
+    assert len(ctx.marks) == 1  # answered by the read, no write
+    # A retry of an event never taken (its emit failed) still goes through.
+    other = fake.event_callback(fake.message(ts="1700000001.000200"), event_id="EvLOST")
+    headers = fake.signed_headers(SECRET, other, timestamp=ctx.clock, retry_num=2)
+    assert post(receiver(), ctx, other, headers=headers) == (200, {"ok": True})
+    assert queued(ctx) == 2 and ctx.state.contains("slack/main:EvLOST")
+
+
+def test_concurrent_copies_of_one_event_answer_ok_exactly_once(ctx: Ctx) -> None:
+    body = fake.event_callback(fake.message(), event_id="EvCOPIES")
+    rcv = receiver()
+    answers: list[tuple[int, dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        answer = post(rcv, ctx, body)
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert (
+        sorted(answers, key=lambda a: len(a[1]))
+        == [(200, {"ok": True})] + [(200, {"ok": True, "deduplicated": True})] * 7
+    )
+    assert queued(ctx) == 1
+
+
+def test_filtered_events_are_not_marked(ctx: Ctx) -> None:
+    body = fake.event_callback(fake.message(channel="COTHER"), event_id="EvFILTERED")
+    assert post(receiver(), ctx, body) == (200, {"ok": True, "ignored": "channel_not_allowed"})
+    assert ctx.marks == [] and not ctx.state.contains("slack/main:EvFILTERED")
 
 
 def test_secret_never_logged(ctx: Ctx, caplog: pytest.LogCaptureFixture) -> None:

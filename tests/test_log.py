@@ -8,13 +8,21 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from statewave_runner.errors import ConfigError
 from statewave_runner.httptypes import Headers
-from statewave_runner.log import LOGGER_NAME, RedactingFilter, bind, configure_logging
+from statewave_runner.log import (
+    LOGGER_NAME,
+    BackgroundHandler,
+    RedactingFilter,
+    bind,
+    configure_logging,
+)
 from statewave_runner.redact import Redactor
 
 SECRET = "xoxb-very-secret-token-123"
@@ -298,3 +306,117 @@ def test_default_stream_is_stderr_of_a_real_process() -> None:
     assert result.stdout == ""
     row = json.loads(result.stderr)
     assert row["msg"] == "hello ***" and row["logger"] == "statewave_runner.cli"
+
+
+# --------------------------------------------------------------------------- background writing
+
+
+def _background(fmt: str = "json", stream: Any = None) -> tuple[Any, BackgroundHandler]:
+    out = stream if stream is not None else io.StringIO()
+    configure_logging(fmt=fmt, redactor=Redactor([SECRET]), stream=out, background=True)
+    (handler,) = [
+        h for h in logging.getLogger(LOGGER_NAME).handlers if isinstance(h, BackgroundHandler)
+    ]
+    return out, handler
+
+
+def test_background_lines_equal_the_direct_ones_in_order_from_many_threads() -> None:
+    out, handler = _background()
+    try:
+
+        def write(t: int) -> None:
+            log = bind(logging.getLogger("statewave_runner.bg"), kind="demo", name=f"t{t}")
+            for i in range(200):
+                log.info("line %d of %s with %s", i, f"t{t}", SECRET, extra={"n": i})
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        handler.flush()
+        rows = _json_lines(out)
+    finally:
+        handler.close()
+    assert len(rows) == 6 * 200
+    for t in range(6):
+        mine = [r for r in rows if r["name"] == f"t{t}"]
+        assert [r["n"] for r in mine] == list(range(200))  # each thread's order kept
+        assert mine[7]["msg"] == f"line 7 of t{t} with ***"  # redacted on the writer
+        assert mine[7]["kind"] == "demo" and mine[7]["logger"] == "statewave_runner.bg"
+
+
+def test_background_renders_mutable_arguments_when_logged() -> None:
+    out, handler = _background()
+    try:
+        state = ["before"]
+        logging.getLogger("statewave_runner.bg").info("state %s, %d", state, 3)
+        state[0] = "after"
+        handler.flush()
+        (row,) = _json_lines(out)
+    finally:
+        handler.close()
+    assert row["msg"] == "state ['before'], 3"
+
+
+class BlockingStream(io.StringIO):
+    """A stream whose writes wait for ``release`` (a full pipe, a slow terminal)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, s: str) -> int:
+        self.release.wait(10)
+        return super().write(s)
+
+
+def test_a_blocked_stream_does_not_block_the_logging_thread() -> None:
+    stream = BlockingStream()
+    _, handler = _background(stream=stream)
+    try:
+        logger = logging.getLogger("statewave_runner.bg")
+        done = threading.Event()
+
+        def log_three() -> None:
+            for i in range(3):
+                logger.warning("line %d", i)
+            done.set()
+
+        threading.Thread(target=log_three, daemon=True).start()
+        assert done.wait(2), "logging waited for the stream"
+        stream.release.set()
+        handler.flush()
+        assert [r["msg"] for r in _json_lines(stream)] == ["line 0", "line 1", "line 2"]
+    finally:
+        stream.release.set()
+        handler.close()
+
+
+def test_background_close_writes_the_queue_and_later_lines_directly() -> None:
+    out, handler = _background(fmt="text")
+    logger = logging.getLogger("statewave_runner.bg")
+    for i in range(50):
+        logger.info("queued %d", i)
+    handler.close()
+    handler.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 50 and lines[-1].endswith("statewave_runner.bg: queued 49")
+    logger.info("after close %s", SECRET)
+    assert out.getvalue().splitlines()[-1].endswith("after close ***")
+
+
+def test_background_logging_of_a_real_process_is_flushed_at_exit() -> None:
+    code = (
+        "import logging\n"
+        "from statewave_runner.log import configure_logging\n"
+        "from statewave_runner.redact import Redactor\n"
+        f"configure_logging(redactor=Redactor([{SECRET!r}]), background=True)\n"
+        "log = logging.getLogger('statewave_runner.cli')\n"
+        f"for i in range(1000): log.info('hello %d %s', i, {SECRET!r})\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    rows = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [r["msg"] for r in rows] == [f"hello {i} ***" for i in range(1000)]

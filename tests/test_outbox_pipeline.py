@@ -7,13 +7,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
 from statewave_runner.connectors.base import Episode, SourcePointer, make_episode
-from statewave_runner.ingest import HttpSink
+from statewave_runner.ingest import CallableSink, HttpSink
 from statewave_runner.outbox import DeliveryWorker, outbox_item
+from statewave_runner.state.base import ClaimedItem
 from statewave_runner.state.memory import MemoryState
 from tests.fakes import Close, Delay, FakeStatewave, Reset
 
@@ -179,6 +180,64 @@ def test_wake_starts_delivery_without_waiting_for_the_poll(fake: FakeStatewave) 
         worker.wake()
         assert fake.wait_for_episodes(10, timeout=15)
     finally:
+        worker.stop(5)
+
+
+def test_wake_between_an_empty_claim_and_the_sleep_is_not_lost() -> None:
+    # A producer queues and wakes right after the worker found nothing due and
+    # before it sleeps: the item must not wait for the (2-minute) poll.
+    delivered: list[Episode] = []
+    worker: DeliveryWorker
+
+    class RacingState(MemoryState):
+        raced = False
+
+        def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
+            items = super().claim(limit, lease_seconds)
+            if not items and not self.raced:
+                self.raced = True
+                self.put([outbox_item(ep(1), "test/x")])
+                worker.wake()
+            return items
+
+    state = RacingState()
+    worker = DeliveryWorker(
+        state, CallableSink(delivered.extend), concurrency=1, poll_interval=120.0
+    )
+    worker.start()
+    try:
+        assert wait_until(lambda: len(delivered) == 1, timeout=10)
+    finally:
+        worker.stop(5)
+
+
+def test_wake_takes_no_lock_while_every_delivery_thread_is_busy() -> None:
+    entered, release = threading.Event(), threading.Event()
+    delivered: list[Episode] = []
+
+    def sink(episodes: Sequence[Episode]) -> None:
+        entered.set()
+        release.wait(10)
+        delivered.extend(episodes)
+
+    state = MemoryState()
+    state.put([outbox_item(ep(1), "test/x")])
+    worker = DeliveryWorker(state, CallableSink(sink), concurrency=1, poll_interval=120.0)
+    worker.start()
+    try:
+        assert entered.wait(10)
+        # The only delivery thread is inside the sink. Hold the worker's lock:
+        # a wake() that took it would block.
+        with worker._lock:
+            state.put([outbox_item(ep(2), "test/x")])
+            waker = threading.Thread(target=worker.wake)
+            waker.start()
+            waker.join(2)
+            assert not waker.is_alive()
+        release.set()
+        assert wait_until(lambda: len(delivered) == 2, timeout=10)
+    finally:
+        release.set()
         worker.stop(5)
 
 

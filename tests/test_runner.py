@@ -408,6 +408,54 @@ def test_configured_push_subject_overrides(sink: Sink) -> None:
         assert sink.episodes[0].subject == "team:override"
 
 
+ONCE = BASE.replace('channels = ["C1"]\n', 'channels = ["C1"]\nonce = true\n')
+
+
+def test_emit_once_queues_marks_and_answers_the_retry_from_the_mark(sink: Sink) -> None:
+    with Runner(config(ONCE), ingest=sink) as r:
+        assert push(r, "e1") == (200, {"ok": True})
+        assert r.state.contains("e1")
+        assert push(r, "e1") == (200, {"ok": True, "deduplicated": True})
+        wait_for(lambda: len(sink.episodes) == 1)
+        (episode,) = sink.episodes
+        assert episode.connector == "demo/hooks" and episode.subject == "demo:push"
+        time.sleep(0.1)
+        assert len(sink.episodes) == 1
+
+
+def test_emit_once_failure_is_503_marks_nothing_and_the_retry_is_delivered_once(
+    sink: Sink,
+) -> None:
+    class Flaky(MemoryState):
+        fail = True
+
+        def put_and_mark(
+            self, items: Sequence[OutboxItem], key: str, ttl_seconds: float
+        ) -> tuple[int, bool]:
+            if self.fail:
+                raise StateError("database is locked")
+            return super().put_and_mark(items, key, ttl_seconds)
+
+    state = Flaky()
+    with Runner(config(ONCE), ingest=sink, state=state) as r:
+        assert push(r, "e9")[0] == 503
+        assert not state.contains("e9") and state.stats().depth == 0
+        state.fail = False
+        assert push(r, "e9") == (200, {"ok": True})
+        assert push(r, "e9")[1].get("deduplicated") is True
+        wait_for(lambda: len(sink.episodes) == 1)
+        time.sleep(0.1)
+        assert len(sink.episodes) == 1
+
+
+def test_emit_once_applies_the_configured_push_subject(sink: Sink) -> None:
+    text = ONCE.replace('signing_secret = "', 'subject = "team:override"\nsigning_secret = "')
+    with Runner(config(text), ingest=sink) as r:
+        assert push(r, "s1")[0] == 200
+        wait_for(lambda: len(sink.episodes) == 1)
+        assert sink.episodes[0].subject == "team:override"
+
+
 def test_receiver_exception_is_500_with_request_id(runner: Runner, sink: Sink) -> None:
     status, _, raw = request(
         runner, "POST", "/demo/hooks/events", b"{not json", {"X-Demo-Secret": SECRET}

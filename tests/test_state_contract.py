@@ -383,6 +383,107 @@ def test_one_failing_write_does_not_fail_concurrent_ones(
     assert all(s.get_cursor("github", f"good{i}") == f"c{i}" for i in range(1, 12))
 
 
+# --------------------------------------------------------------------------- put and mark
+
+
+def test_put_and_mark_queues_and_marks_once_per_key(env: Env) -> None:
+    s = env.state
+    assert s.put_and_mark(items("a", "b"), "evt-1", 60) == (2, True)
+    assert s.contains("evt-1")
+    assert s.mark_if_new("evt-1", 60) is False
+    # Marked: nothing happens, not even for items never seen before.
+    assert s.put_and_mark(items("a", "b"), "evt-1", 60) == (0, False)
+    assert s.put_and_mark(items("c"), "evt-1", 60) == (0, False)
+    # A new key still deduplicates its items by idempotency key.
+    assert s.put_and_mark(items("b", "d", "d"), "evt-2", 60) == (1, True)
+    assert s.put_and_mark([], "evt-3", 60) == (0, True)
+    assert s.contains("evt-3")
+    # A key marked by mark_if_new counts as handled too.
+    assert s.mark_if_new("evt-4", 60) is True
+    assert s.put_and_mark(items("e"), "evt-4", 60) == (0, False)
+    assert [i.key for i in s.peek(10)] == ["a", "b", "d"]
+
+
+def test_put_and_mark_key_expires_with_its_ttl(env: Env) -> None:
+    s = env.state
+    assert s.put_and_mark(items("a"), "evt", 0.3) == (1, True)
+    assert s.put_and_mark(items("b"), "evt", 0.3) == (0, False)
+    env.expire(0.45)
+    assert not s.contains("evt")
+    assert s.put_and_mark(items("b"), "evt", 60) == (1, True)
+    assert s.put_and_mark(items("c"), "evt", 60) == (0, False)
+    assert [i.key for i in s.peek(10)] == ["a", "b"]
+
+
+def test_put_and_mark_is_all_or_nothing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = env.state
+    s.put(items("a"))
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise InjectedFault("disk on fire between the two halves")
+
+    monkeypatch.setattr(s, "_write_mark", fail)
+    with pytest.raises((InjectedFault, StateError)):
+        s.put_and_mark(items("b", "c"), "evt-1", 60)
+    monkeypatch.undo()
+    assert not s.contains("evt-1")
+    assert [i.key for i in s.peek(10)] == ["a"]
+    # Neither half happened: the retry is new and queues both items.
+    assert s.put_and_mark(items("b", "c"), "evt-1", 60) == (2, True)
+    assert [i.key for i in s.peek(10)] == ["a", "b", "c"]
+
+
+def test_put_and_mark_from_16_threads_is_new_exactly_once(env: Env) -> None:
+    # Two instances on the same storage where the backend allows it (replicas).
+    # Every thread offers its own item for each key: only the winner's is queued.
+    backends = [env.state, env.peer()]
+    keys = [f"evt-{n}" for n in range(12)]
+
+    def worker(i: int) -> list[tuple[str, int]]:
+        backend = backends[i % 2]
+        order = keys if i % 2 == 0 else list(reversed(keys))
+        won = []
+        for k in order:
+            added, new = backend.put_and_mark(items(f"{k}/by-{i}"), k, 600)
+            assert added == (1 if new else 0)
+            if new:
+                won.append((k, i))
+        return won
+
+    results = run_threads(16, worker)
+    won = [w for r in results for w in r]
+    assert sorted(k for k, _ in won) == sorted(keys)  # every key new exactly once overall
+    queued = sorted(i.key for i in env.state.peek(1000))
+    assert queued == sorted(f"{k}/by-{i}" for k, i in won)
+
+
+def test_put_and_mark_failure_does_not_fail_concurrent_puts(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = env.state
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise InjectedFault("mark failed")
+
+    monkeypatch.setattr(s, "_write_mark", fail)
+
+    def worker(i: int) -> str:
+        try:
+            if i == 0:
+                s.put_and_mark(items("marked-0"), "evt-0", 600)
+            else:
+                s.put(items(f"plain-{i}"))
+        except (InjectedFault, StateError):
+            return "failed"
+        return "ok"
+
+    results = run_threads(8, worker)
+    monkeypatch.undo()
+    assert results == ["failed"] + ["ok"] * 7
+    assert not s.contains("evt-0")
+    assert sorted(i.key for i in s.peek(100)) == sorted(f"plain-{i}" for i in range(1, 8))
+
+
 # --------------------------------------------------------------------------- leases
 
 

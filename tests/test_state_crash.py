@@ -5,7 +5,9 @@ JSON of a known version and the SQLite database passes ``PRAGMA
 integrity_check``. Then every ``put()`` the child saw return is in the outbox
 (unless the child's delivery thread had started acking it), each cursor
 names an item that was queued with it (``put_and_set_cursor`` is atomic) and
-is no older than the last one the child saw committed.
+is no older than the last one the child saw committed, and every dedup mark
+names an item that was queued with it (``put_and_mark`` is atomic) while every
+``put_and_mark`` the child saw return left its mark.
 """
 
 from __future__ import annotations
@@ -46,8 +48,11 @@ CHILD = textwrap.dedent(
             item = [OutboxItem(key, '{"n": %d}' % n, f"crash/t{t}")]
             if t < 2:
                 state.put_and_set_cursor(item, "crash", f"t{t}", key)
-            else:
+            elif t == 2:
                 state.put(item)
+            else:
+                added, new = state.put_and_mark(item, "mark-" + key, 3600)
+                assert (added, new) == (1, True)
             say(f"ok {key}")
             n += 1
 
@@ -128,6 +133,14 @@ def check_files_untouched_by_recovery(kind: str, path: Path) -> dict[str, str] |
     return dict(doc["cursors"])
 
 
+def marked_keys(kind: str, path: Path) -> set[str]:
+    conn = sqlite3.connect(Path(f"{path}.db") if kind == "file" else path)
+    try:
+        return {key for (key,) in conn.execute("SELECT key FROM seen")}
+    finally:
+        conn.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "file"])
 def test_sigkill_loses_no_acknowledged_put(kind: str, tmp_path: Path) -> None:
@@ -159,6 +172,15 @@ def test_sigkill_loses_no_acknowledged_put(kind: str, tmp_path: Path) -> None:
             }
             lost = acknowledged - present - acking
             assert not lost, f"run {run}: acknowledged puts missing: {sorted(lost)[:5]}"
+            marks = marked_keys(kind, path)
+            for mark in marks:
+                # Atomic pair: never a mark without its item.
+                item = mark.removeprefix("mark-")
+                assert item in present or item in acking, f"run {run}: mark without item {item}"
+            unmarked = {k for k in acknowledged if k.split("-")[1] == "3"} - {
+                m.removeprefix("mark-") for m in marks
+            }
+            assert not unmarked, f"run {run}: acknowledged marks missing: {sorted(unmarked)[:5]}"
             cursors = state.list_cursors()
             for (ckind, name), cursor in cursors.items():
                 assert ckind == "crash"

@@ -6,8 +6,9 @@ A connector kind is a config dataclass plus a class that does the work:
   checkpoint's episodes together with its cursor (both or neither), so a long
   backfill that is interrupted resumes from its last checkpoint.
 * push: ``handle(request, ctx) -> Response``. ``ctx.emit()`` is durable when it
-  returns; mark an event as seen only after that, and answer 503 when it
-  raises so the sender retries.
+  returns; mark an event as seen only after that (``ctx.emit_once()`` does
+  both in one atomic step), and answer 503 when it raises so the sender
+  retries.
 
 Both are registered with a :class:`ConnectorSpec` (see ``registry.py``).
 """
@@ -349,6 +350,21 @@ class PushContext(Protocol):
 
         Raises :class:`~statewave_runner.errors.EmitError` when the state
         backend could not take them: answer 503.
+        """
+        ...
+
+    def emit_once(self, event_key: str, episodes: Sequence[Episode], ttl_seconds: float) -> bool:
+        """Queue durably and mark ``event_key`` as seen, in one atomic step, once per key.
+
+        True: the event is new; its episodes are queued (deduplicated by
+        idempotency key) and ``event_key`` is marked for ``ttl_seconds``.
+        False: ``event_key`` was marked already (a retry of an event taken
+        before); nothing was queued. Either way the answer is durable when it
+        returns. Raises :class:`~statewave_runner.errors.EmitError` when the
+        state backend could not take them: nothing is marked, answer 503.
+
+        One state round trip instead of ``dedup.contains`` + :meth:`emit` +
+        ``dedup.mark_if_new``; prefix the key with the receiver's kind and name.
         """
         ...
 

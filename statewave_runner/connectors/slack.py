@@ -4,9 +4,9 @@ Check order, status codes, response bodies, episode shapes and idempotency
 keys are those of the Node receiver (``@statewavedev/connectors-slack``
 ``webhook.ts``), except where it loses or misreads events:
 
-* the ``event_id`` is marked as seen only after ``ctx.emit()`` returned, and an
-  emit failure answers 503 so Slack retries (Node marks first and answers 200:
-  the event is lost);
+* the ``event_id`` is marked as seen only together with its episode
+  (``ctx.emit_once()``, one transaction), and an emit failure answers 503 so
+  Slack retries (Node marks first and answers 200: the event is lost);
 * dedup lives in the state backend with a TTL (Node: a per-process set);
 * a timestamp header that is not an integer (``1700000000abc``) is refused,
   a signed body that is JSON but not an object is 400, a body over 1 MiB is 413;
@@ -14,8 +14,9 @@ keys are those of the Node receiver (``@statewavedev/connectors-slack``
 * ``message_changed`` / ``message_deleted`` become ``*.message.edited`` /
   ``*.message.deleted`` episodes (Node drops them as ``empty_text``).
 
-Nothing here does network I/O: a request costs one HMAC, one dedup lookup and
-one durable put, well inside Slack's 3-second budget.
+Nothing here does network I/O: a request costs one HMAC and one durable
+``emit_once`` (the put and the event-id mark in one transaction, which also
+tells a retry apart), well inside Slack's 3-second budget.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EmitError, StateError
+from ..errors import EmitError
 from ..httptypes import Request, Response
 from ._js import js_parse_float, js_trim
 from .base import (
@@ -424,7 +425,7 @@ class SlackReceiver:
         return map_pin(ev, team, subject)
 
     def handle(self, request: Request, ctx: PushContext) -> Response:
-        """Verify, deduplicate, filter, map and durably queue one Events API delivery."""
+        """Verify, filter, map and durably queue (once per event id) one Events API delivery."""
         if request.method.upper() != "POST":
             return _json_response(405, {"error": "method_not_allowed"})
         body = request.body
@@ -459,13 +460,12 @@ class SlackReceiver:
         if not event_id or not isinstance(event_id, str | int):
             ctx.log.warning("slack/%s: event_callback without event_id", ctx.name)
             return _ok(ignored="no_event_id")
-        dedup_key = f"slack/{ctx.name}:{event_id}"
-        if ctx.dedup.contains(dedup_key):
-            retry = request.headers.get("x-slack-retry-num")
-            ctx.log.info(
-                "slack/%s: duplicate event %s suppressed (retry %s)", ctx.name, event_id, retry
-            )
-            return _ok(deduplicated=True)
+        event_key = f"slack/{ctx.name}:{event_id}"
+        retry = request.headers.get("x-slack-retry-num")
+        if retry is not None and ctx.dedup.contains(event_key):
+            # Slack's retry of an event we took: a read answers it. First
+            # deliveries skip the read; emit_once below decides for them.
+            return self._duplicate(ctx, event_id, retry)
 
         ev = payload.get("event")
         if not isinstance(ev, dict):
@@ -481,17 +481,23 @@ class SlackReceiver:
             # Permanent: a retry carries the same body. Say so and do not retry.
             ctx.log.warning("slack/%s: event %s not mappable: %s", ctx.name, event_id, exc)
             return _ok(ignored="unmappable")
+        # One atomic step: queued and marked, or neither (a failure lets the
+        # retry through); an id marked before queues nothing.
         try:
-            ctx.emit([episode])
+            new = ctx.emit_once(event_key, [episode], DEDUP_TTL_SECONDS)
         except EmitError as exc:
             ctx.log.error("slack/%s: could not queue event %s: %s", ctx.name, event_id, exc)
             return _json_response(503, {"error": "emit_failed"})
-        try:
-            ctx.dedup.mark_if_new(dedup_key, DEDUP_TTL_SECONDS)
-        except StateError as exc:
-            # The episode is queued; a retry would be absorbed by its idempotency key.
-            ctx.log.warning("slack/%s: could not mark event %s seen: %s", ctx.name, event_id, exc)
+        if not new:
+            return self._duplicate(ctx, event_id, retry)
         return _ok()
+
+    @staticmethod
+    def _duplicate(ctx: PushContext, event_id: object, retry: str | None) -> Response:
+        ctx.log.info(
+            "slack/%s: duplicate event %s suppressed (retry %s)", ctx.name, event_id, retry
+        )
+        return _ok(deduplicated=True)
 
 
 def _factory(config: SlackPushConfig) -> SlackReceiver:

@@ -144,6 +144,23 @@ class StateBackend(Protocol):
         """
         ...
 
+    def put_and_mark(
+        self, items: Sequence[OutboxItem], key: str, ttl_seconds: float
+    ) -> tuple[int, bool]:
+        """Queue ``items`` and mark the dedup ``key``, as one atomic step; once per key.
+
+        If ``key`` is marked and not expired, nothing happens and the result is
+        ``(0, False)``: the event was handled before. Otherwise the items are
+        queued (deduplicated by idempotency key, as :meth:`put`) and ``key``
+        is marked for ``ttl_seconds``, both or neither, durably before the
+        call returns; the result is ``(new items, True)``. Concurrent calls
+        with one key (from any replica) see ``True`` exactly once.
+
+        This is what a push receiver needs: the event id can never be marked
+        without its episodes, and a retry needs no separate lookup.
+        """
+        ...
+
     def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
         """Lease up to ``limit`` due items, oldest first.
 

@@ -177,6 +177,26 @@ class MemoryState:
                 self._cursors = staged
             return self._apply_rows(rows, now)
 
+    def put_and_mark(
+        self, items: Sequence[OutboxItem], key: str, ttl_seconds: float
+    ) -> tuple[int, bool]:
+        self._check_open()
+        now = self._clock()
+        with self._lock:
+            self._purge(self._seen, self._seen_expiry, now)
+            expiry = self._seen.get(key)
+            if expiry is not None and expiry > now:
+                return 0, False
+            rows = self._new_rows(items, now)
+            self._write_mark(self._seen, key, now + ttl_seconds)
+            heapq.heappush(self._seen_expiry, (now + ttl_seconds, key))
+            return self._apply_rows(rows, now), True
+
+    def _write_mark(self, target: dict[str, float], key: str, expiry: float) -> None:
+        # The mark half of put_and_mark, after its items are decided but before
+        # they are applied; tests replace it to inject a failure between the halves.
+        target[key] = expiry
+
     def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
         self._check_open()
         now = self._clock()

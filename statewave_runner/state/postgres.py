@@ -101,6 +101,12 @@ _SQL = {
     "ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at "
     "WHERE s.expires_at <= %s RETURNING 1",
     "contains": "SELECT 1 FROM {seen} WHERE key = %s AND expires_at > %s",
+    "marked": "SELECT key FROM {seen} WHERE key = ANY(%s::text[]) AND expires_at > %s",
+    # Keys in key order: two batches marking overlapping keys cannot deadlock.
+    "write_marks": "INSERT INTO {seen} AS s (key, expires_at) "
+    "SELECT key, expires_at FROM unnest(%s::text[], %s::float8[]) AS u(key, expires_at) "
+    "ORDER BY key ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at "
+    "WHERE s.expires_at <= %s RETURNING key",
     # Dedup and insert in one statement: a key is taken in the keys table (new,
     # or its previous entry expired) and only then queued. Keys are taken in
     # key order, so two concurrent batches cannot deadlock on each other.
@@ -153,6 +159,13 @@ def _render(template: str, names: dict[str, str]) -> str:
 
 class _ConnectionLost(StateError):
     """The server could not be reached even after retries."""
+
+
+class _MarkRace(Exception):
+    """Another replica marked a key between our check and our mark: roll back, look again."""
+
+
+MARK_RACE_RETRIES = 5
 
 
 def _is_driver_error(exc: BaseException) -> bool:
@@ -442,6 +455,14 @@ class PostgresState:
     def put(self, items: Sequence[OutboxItem]) -> int:
         return self.put_and_set_cursor(items, "", "", None)
 
+    def put_and_mark(
+        self, items: Sequence[OutboxItem], key: str, ttl_seconds: float
+    ) -> tuple[int, bool]:
+        if self._closed:
+            raise StateError(f"PostgreSQL state at {self._where} is closed")
+        added, new = self._committer.submit((list(items), None, (key, ttl_seconds)))
+        return int(added), bool(new)
+
     def put_and_set_cursor(
         self, items: Sequence[OutboxItem], kind: str, name: str, cursor: str | None
     ) -> int:
@@ -451,7 +472,7 @@ class PostgresState:
         row = None if cursor is None else (kind, name, cursor)
         if not items and row is None:
             return 0
-        return int(self._committer.submit((items, row), touches_cursors=row is not None))
+        return int(self._committer.submit((items, row, None), touches_cursors=row is not None))
 
     def _run_batch(self, ops: list[Op]) -> None:
         now = self._clock()
@@ -469,8 +490,8 @@ class PostgresState:
             for op in ops:
                 self._run_alone(op, now)
             return
-        for op, count in zip(ops, counts, strict=True):
-            op.succeed(count)
+        for op, result in zip(ops, counts, strict=True):
+            op.succeed(result)
 
     def _run_alone(self, op: Op, now: float) -> None:
         try:
@@ -478,48 +499,102 @@ class PostgresState:
         except Exception as exc:
             op.fail(exc)
 
-    def _put_batch(self, conn: Any, ops: list[Op], now: float) -> list[int]:
+    def _put_batch(self, conn: Any, ops: list[Op], now: float) -> list[Any]:
+        """One transaction for a batch of puts: per op its count, or (count, new) with a mark."""
+        for _ in range(MARK_RACE_RETRIES):
+            try:
+                return self._put_batch_once(conn, ops, now)
+            except _MarkRace:
+                continue
+        raise StateError(
+            f"PostgreSQL state at {self._where}: dedup marks kept changing during a put; "
+            "another replica is marking the same keys"
+        )
+
+    def _put_batch_once(self, conn: Any, ops: list[Op], now: float) -> list[Any]:
+        # The first op of the batch marking a key may take it; later ones with
+        # the same key find it taken, as they would one transaction later.
+        takers: dict[str, int] = {}
+        skipped: set[int] = set()
+        for index, op in enumerate(ops):
+            mark = op.payload[2]
+            if mark is not None:
+                if mark[0] in takers:
+                    skipped.add(index)
+                else:
+                    takers[mark[0]] = index
+
+        def run() -> list[str]:
+            if takers:
+                taken = conn.execute(self._q["marked"], (list(takers), now)).fetchall()
+                for (key,) in taken:
+                    skipped.add(takers.pop(key))
+            fresh = self._insert_items(conn, ops, skipped, now)
+            if takers:
+                order = sorted(takers)
+                expires = [now + ops[takers[k]].payload[2][1] for k in order]
+                if self._write_mark(conn, order, expires, now) != set(order):
+                    raise _MarkRace  # someone committed a mark since our read
+            cursor_rows = [op.payload[1] for op in ops if op.payload[1] is not None]
+            if cursor_rows:
+                self._write_cursors(conn, cursor_rows)
+            return fresh
+
+        needs_transaction = bool(takers) or any(op.payload[1] is not None for op in ops)
+        if needs_transaction:
+            with conn.transaction():
+                fresh = run()
+        else:
+            fresh = run()  # one statement: atomic on its own
+
         owner: list[int] = []
         keys: list[str] = []
-        bodies: list[str] = []
-        origins: list[str] = []
-        cursor_rows: list[tuple[str, str, str]] = []
         for index, op in enumerate(ops):
-            items, row = op.payload
-            for item in items:
-                owner.append(index)
-                keys.append(item.key)
-                bodies.append(item.body)
-                origins.append(item.origin)
-            if row is not None:
-                cursor_rows.append(row)
-
-        def insert() -> list[str]:
-            if not keys:
-                return []
-            params = {
-                "ords": list(range(len(keys))),
-                "keys": keys,
-                "bodies": bodies,
-                "origins": origins,
-                "expires": now + self.settings.dedup_ttl,
-                "now": now,
-            }
-            return [r[0] for r in conn.execute(self._q["put"], params).fetchall()]
-
-        if cursor_rows:
-            with conn.transaction():
-                fresh = insert()
-                self._write_cursors(conn, cursor_rows)
-        else:
-            fresh = insert()  # one statement: atomic on its own
+            if index not in skipped:
+                for item in op.payload[0]:
+                    owner.append(index)
+                    keys.append(item.key)
         first: dict[str, int] = {}
         for position, key in enumerate(keys):
             first.setdefault(key, position)
         counts = [0] * len(ops)
         for key in fresh:
             counts[owner[first[key]]] += 1
-        return counts
+        return [
+            counts[i] if op.payload[2] is None else (counts[i], i not in skipped)
+            for i, op in enumerate(ops)
+        ]
+
+    def _insert_items(self, conn: Any, ops: list[Op], skipped: set[int], now: float) -> list[str]:
+        keys: list[str] = []
+        bodies: list[str] = []
+        origins: list[str] = []
+        for index, op in enumerate(ops):
+            if index in skipped:
+                continue
+            for item in op.payload[0]:
+                keys.append(item.key)
+                bodies.append(item.body)
+                origins.append(item.origin)
+        if not keys:
+            return []
+        params = {
+            "ords": list(range(len(keys))),
+            "keys": keys,
+            "bodies": bodies,
+            "origins": origins,
+            "expires": now + self.settings.dedup_ttl,
+            "now": now,
+        }
+        return [r[0] for r in conn.execute(self._q["put"], params).fetchall()]
+
+    def _write_mark(
+        self, conn: Any, keys: Sequence[str], expires: Sequence[float], now: float
+    ) -> set[str]:
+        # The mark half of put_and_mark, after the items; tests replace it to
+        # inject a failure between the two halves. Returns the keys it marked.
+        rows = conn.execute(self._q["write_marks"], (list(keys), list(expires), now)).fetchall()
+        return {r[0] for r in rows}
 
     def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
         if limit <= 0:

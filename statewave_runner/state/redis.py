@@ -43,12 +43,10 @@ PROMOTE_CHUNK = 1000
 T = TypeVar("T")
 
 # All scripts get the prefix as ARGV[1] and build their keys from it.
-_PUT = """
-local p = ARGV[1]
-local now = ARGV[2]
-local ttl = ARGV[3]
+# Queues the items from ARGV[first] on (key, body, origin triples) into `added`.
+_PUT_LOOP = """
 local added = 0
-for i = 4, #ARGV, 3 do
+for i = first, #ARGV, 3 do
   if redis.call('SET', p .. 'ob:k:' .. ARGV[i], '1', 'NX', 'PX', ttl) then
     local id = redis.call('INCR', p .. 'ob:seq')
     redis.call('HSET', p .. 'ob:i:' .. id, 'key', ARGV[i], 'body', ARGV[i + 1],
@@ -58,8 +56,39 @@ for i = 4, #ARGV, 3 do
     added = added + 1
   end
 end
-return added
 """
+
+# ARGV: prefix, now, dedup ttl (ms), then key/body/origin triples.
+_PUT = (
+    """
+local p = ARGV[1]
+local now = ARGV[2]
+local ttl = ARGV[3]
+local first = 4
+"""
+    + _PUT_LOOP
+    + "return added\n"
+)
+
+# ARGV: prefix, now, dedup ttl (ms), seen key, its ttl (ms), then triples. Nothing
+# is written when the seen key exists; otherwise the items and the mark together.
+_PUT_MARK = (
+    """
+local p = ARGV[1]
+local now = ARGV[2]
+local ttl = ARGV[3]
+local seen = p .. 'seen:' .. ARGV[4]
+if redis.call('EXISTS', seen) == 1 then
+  return {0, 0}
+end
+local first = 6
+"""
+    + _PUT_LOOP
+    + """
+redis.call('SET', seen, '1', 'PX', ARGV[5])
+return {added, 1}
+"""
+)
 
 _CLAIM = """
 local p = ARGV[1]
@@ -232,6 +261,7 @@ class RedisState:
             raise
         reg = self._client.register_script
         self._put = reg(_PUT)
+        self._put_mark = reg(_PUT_MARK)
         self._claim = reg(_CLAIM)
         self._ack = reg(_ACK)
         self._nack = reg(_NACK)
@@ -358,6 +388,28 @@ class RedisState:
             return int(results[0]) if items else 0
 
         return self._run("queue episodes and set a cursor", op)
+
+    def put_and_mark(
+        self, items: Sequence[OutboxItem], key: str, ttl_seconds: float
+    ) -> tuple[int, bool]:
+        items = list(items)
+
+        def op() -> tuple[int, bool]:
+            # One script: Redis runs (and persists) the check, the items and
+            # the mark as one unit.
+            args = self._put_args([])
+            self._write_mark(args, key, ttl_seconds)
+            for item in items:
+                args += [item.key, item.body, item.origin]
+            added, new = self._put_mark(args=args)
+            return int(added), bool(int(new))
+
+        return self._run("queue episodes and mark an event", op)
+
+    def _write_mark(self, args: list[Any], key: str, ttl_seconds: float) -> None:
+        # The mark half of put_and_mark (its place in the script's arguments);
+        # tests replace it to inject a failure between the two halves.
+        args += [key, _ms(ttl_seconds)]
 
     def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
         if limit <= 0:

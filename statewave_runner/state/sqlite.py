@@ -417,6 +417,36 @@ class SqliteState:
 
         return int(self._write(op, touches_cursors=True))
 
+    def put_and_mark(
+        self, items: Sequence[OutboxItem], key: str, ttl_seconds: float
+    ) -> tuple[int, bool]:
+        items = list(items)
+
+        def op(conn: Conn, now: float) -> tuple[int, bool]:
+            # Inside the write transaction (BEGIN IMMEDIATE holds the database's
+            # write lock, across processes too): nobody can mark the key between
+            # this read and our write.
+            marked = conn.execute(
+                "SELECT 1 FROM seen WHERE key = ? AND expires_at > ?", (key, now)
+            ).fetchone()
+            if marked is not None:
+                return 0, False
+            added = self._put_rows(conn, items, now)
+            self._write_mark(conn, key, now + ttl_seconds)
+            return added, True
+
+        added, new = self._write(op)
+        return int(added), bool(new)
+
+    def _write_mark(self, conn: Conn, key: str, expires_at: float) -> None:
+        # The mark half of put_and_mark, after its items; tests replace it to
+        # inject a failure between the two halves.
+        conn.execute(
+            "INSERT INTO seen (key, expires_at) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
+            (key, expires_at),
+        )
+
     def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
         if limit <= 0:
             return []
