@@ -30,6 +30,7 @@ import platform
 import re
 import threading
 import time
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -364,7 +365,7 @@ ChildT = TypeVar("ChildT", CounterChild, GaugeChild, HistogramChild)
 # --------------------------------------------------------------------------- families
 
 
-class _Family(Generic[ChildT]):
+class _Family(ABC, Generic[ChildT]):
     type: ClassVar[str]
 
     def __init__(self, name: str, help: str, labelnames: Sequence[str], unit: str):
@@ -464,17 +465,21 @@ class _Family(Generic[ChildT]):
         return child
 
     # ---- subclass API
+    @abstractmethod
     def _new_child(self, labels: tuple[tuple[str, str], ...]) -> ChildT:
-        raise NotImplementedError
+        """Implemented by each metric type."""
 
+    @abstractmethod
     def render_text(self, out: list[str]) -> None:
-        raise NotImplementedError
+        """Implemented by each metric type."""
 
+    @abstractmethod
     def render_om(self, out: list[str]) -> None:
-        raise NotImplementedError
+        """Implemented by each metric type."""
 
+    @abstractmethod
     def snapshot(self) -> MetricFamilySnapshot:
-        raise NotImplementedError
+        """Implemented by each metric type."""
 
     def _om_header(self) -> str:
         head = f"# TYPE {self.om_name} {self.type}\n"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ __all__ = [
 # --------------------------------------------------------------------------- public API
 
 
-class Schedule:
+class Schedule(ABC):
     """A parsed schedule. Immutable; safe to share between threads.
 
     Use :func:`parse` to build one. ``tz`` is the zone fire times are computed
@@ -69,9 +70,9 @@ class Schedule:
         """The zone's name as given (``"UTC"`` by default)."""
         return _tz_name(self.tz)
 
+    @abstractmethod
     def next_after(self, dt: datetime) -> datetime:
         """The first fire time strictly after ``dt`` (aware), in this schedule's zone."""
-        raise NotImplementedError
 
     def iter_after(self, dt: datetime) -> Iterator[datetime]:
         """Successive fire times strictly after ``dt`` (an endless iterator)."""
