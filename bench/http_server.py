@@ -18,24 +18,24 @@ bottleneck; the report says which client ran).
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file is named like the stdlib package it needs: keep bench/ off sys.path.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import json
 import multiprocessing
-import re
+import os
 import selectors
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from _load import (  # bench/_load.py (bench/ is sys.path[0])
+    latency_summary,
+    parse_wrk,
+    take_response,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,34 +125,13 @@ class Result:
     errors: int
 
 
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        return float("nan")
-    return float(m[1]) * _UNITS[m[2]]
-
-
 def run_wrk(port: int, conns: int, duration: float, close: bool, threads: int) -> Result:
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
     if close:
         cmd += ["-H", "Connection: close"]
     cmd.append(f"http://127.0.0.1:{port}/healthz")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
-    p50 = _ms(re.search(r"\s50%\s+(\S+)", out)[1])  # type: ignore[index]
-    p99 = _ms(re.search(r"\s99%\s+(\S+)", out)[1])  # type: ignore[index]
-    total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
-    errors = 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(g) for g in m.groups())
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m[1])
-    return Result(rps, p50, p99, total, errors)
+    stats = parse_wrk(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    return Result(stats.rps, stats.p50_ms, stats.p99_ms, stats.requests, stats.errors)
 
 
 _REQUEST = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -213,15 +192,12 @@ def _py_worker(
                 drop(s)
                 continue
             st["buf"] += data
-            head_end = st["buf"].find(b"\r\n\r\n")
-            if head_end < 0:
+            framed = take_response(st["buf"])
+            if framed is None:
                 continue
-            m = re.search(rb"(?i)content-length:\s*(\d+)", st["buf"][:head_end])
-            need = head_end + 4 + (int(m[1]) if m else 0)
-            if len(st["buf"]) < need:
-                continue
+            need, ok = framed
             latencies.append(time.perf_counter() - st["t0"])
-            if not st["buf"].startswith(b"HTTP/1.1 200"):
+            if not ok:
                 errors += 1
             st["buf"] = st["buf"][need:]
             if close:
@@ -249,17 +225,8 @@ def run_python(port: int, conns: int, duration: float, close: bool, procs: int) 
         errors += err
     for w in workers:
         w.join()
-    latencies.sort()
-    n = len(latencies)
-    if not n:
-        return Result(0.0, float("nan"), float("nan"), 0, errors)
-    return Result(
-        n / duration,
-        latencies[n // 2] * 1000,
-        latencies[min(n - 1, int(n * 0.99))] * 1000,
-        n,
-        errors,
-    )
+    rps, p50, p99, n = latency_summary(latencies, duration)
+    return Result(rps, p50, p99, n, errors)
 
 
 # --------------------------------------------------------------------------- main

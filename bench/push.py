@@ -58,6 +58,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from _load import (  # bench/_load.py (bench/ is sys.path[0])
+    latency_summary,
+    parse_wrk,
+    take_response,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-slack-signing-secret-0001"
 CHANNEL = "CBENCH0001"
@@ -340,14 +346,6 @@ def children_cpu() -> float:
     return usage.children_user + usage.children_system
 
 
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    return float(m[1]) * _UNITS[m[2]] if m else float("nan")
-
-
 _LUA = r"""
 -- Replays pre-signed requests from a file: one line per request,
 -- "<timestamp>\t<signature>\t<retry num or empty>\t<body>"; thread i takes every n-th line.
@@ -440,34 +438,22 @@ def run_wrk(
         str(threads),
     ]
     before, cpu0, t0 = cpu_seconds(server.proc.pid), children_cpu(), time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    stats = parse_wrk(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     wall = time.perf_counter() - t0
     result = Result(
-        rps=float(_search(r"Requests/sec:\s+([\d.]+)", out)),
-        p50_ms=_ms(_search(r"\s50%\s+(\S+)", out)),
-        p99_ms=_ms(_search(r"\s99%\s+(\S+)", out)),
-        requests=int(_search(r"(\d+) requests in", out)),
+        rps=stats.rps,
+        p50_ms=stats.p50_ms,
+        p99_ms=stats.p99_ms,
+        requests=stats.requests,
+        errors=stats.errors,
         server_cpu=(cpu_seconds(server.proc.pid) - before) / wall,
         client_cpu=(children_cpu() - cpu0) / wall,
         sent=[(event_number(run, 0, 0), pool)] if unique else [],
     )
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        result.errors += sum(int(g) for g in m.groups())
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        result.errors += int(m[1])
     if unique and result.requests > pool:
         result.note = f"pool of {pool} wrapped: some requests were duplicates"
     pool_file.unlink()
     return result
-
-
-def _search(pattern: str, text: str) -> str:
-    m = re.search(pattern, text)
-    if not m:
-        raise SystemExit(f"unexpected wrk output:\n{text}")
-    return m[1]
 
 
 def _py_worker(
@@ -522,15 +508,12 @@ def _py_worker(
                 s.close()
                 continue
             st["buf"] += data
-            head_end = st["buf"].find(b"\r\n\r\n")
-            if head_end < 0:
+            framed = take_response(st["buf"])
+            if framed is None:
                 continue
-            m = re.search(rb"(?i)content-length:\s*(\d+)", st["buf"][:head_end])
-            need = head_end + 4 + (int(m[1]) if m else 0)
-            if len(st["buf"]) < need:
-                continue
+            need, ok = framed
             latencies.append(time.perf_counter() - st["t0"])
-            if not st["buf"].startswith(b"HTTP/1.1 200"):
+            if not ok:
                 errors += 1
             st["buf"] = st["buf"][need:]
             st["t0"] = time.perf_counter()
@@ -572,14 +555,13 @@ def run_python(
         w.join()
     wall = time.perf_counter() - t0
     client_cpu = (children_cpu() - cpu0) / wall  # the load processes, once joined
-    latencies.sort()
-    k = len(latencies)
+    rps, p50, p99, k = latency_summary(latencies, duration)
     if not k:
         return Result(errors=errors)
     return Result(
-        rps=k / duration,
-        p50_ms=latencies[k // 2] * 1000,
-        p99_ms=latencies[min(k - 1, int(k * 0.99))] * 1000,
+        rps=rps,
+        p50_ms=p50,
+        p99_ms=p99,
         requests=k,
         errors=errors,
         server_cpu=(cpu_seconds(server.proc.pid) - before) / wall,

@@ -17,7 +17,9 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
+@pytest.mark.parametrize(
+    "script", sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_"))
+)
 def test_bench_script_starts(script: str) -> None:
     result = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"],
