@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+# json.dumps() with options builds an encoder per call; this one is built once.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 class Headers(Mapping[str, str]):
     """Case-insensitive, order-preserving, immutable HTTP headers.
@@ -90,7 +93,7 @@ class Response:
         headers: Iterable[tuple[str, str]] = (),
     ) -> Response:
         """A JSON response (``Content-Type: application/json``)."""
-        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        body = _ENCODER.encode(obj).encode()
         return cls(status, body, (("Content-Type", "application/json"), *headers))
 
     @classmethod

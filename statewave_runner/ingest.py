@@ -238,9 +238,13 @@ def episode_to_wire(
     return doc, notes
 
 
+# json.dumps() with options builds an encoder per call; this one is built once.
+_WIRE_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode_json(obj: Any) -> bytes:
     """Compact UTF-8 JSON, the exact bytes we send and write."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _WIRE_ENCODER.encode(obj).encode()
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

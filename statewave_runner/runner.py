@@ -88,6 +88,25 @@ class _PullSource:
     lease_lost: bool = False
 
 
+def _for_queue(episode: Episode, connector: str, subject: str | None) -> Episode:
+    """``episode`` with the producing source's key (and configured subject) set."""
+    if type(episode) is not Episode:  # a subclass may add fields: let replace() copy them
+        if subject:
+            return dataclasses.replace(episode, connector=connector, subject=subject)
+        return dataclasses.replace(episode, connector=connector)
+    # The constructor directly: dataclasses.replace() costs twice as much per episode.
+    return Episode(
+        subject or episode.subject,
+        episode.kind,
+        episode.text,
+        episode.occurred_at,
+        episode.source,
+        episode.idempotency_key,
+        episode.metadata,
+        connector,
+    )
+
+
 @dataclass
 class _PushSource:
     entry: SourceEntry
@@ -803,11 +822,7 @@ class Runner:
     def _push_items(self, entry: SourceEntry, episodes: Sequence[Episode]) -> list[OutboxItem]:
         subject, key = entry.config.subject, entry.key
         origin = _origin(entry.mode, key)
-        if subject:
-            prepared = [dataclasses.replace(e, connector=key, subject=subject) for e in episodes]
-        else:
-            prepared = [dataclasses.replace(e, connector=key) for e in episodes]
-        return [outbox_item(e, origin) for e in prepared]
+        return [outbox_item(_for_queue(e, key, subject), origin) for e in episodes]
 
     def _queue(self, entry: SourceEntry, episodes: Sequence[Episode]) -> int:
         items = self._push_items(entry, episodes)

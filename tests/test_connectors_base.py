@@ -27,6 +27,41 @@ def test_idempotency_key_renders_parts_like_javascript(part: object, rendered: s
     assert idempotency_key("a", part) == idempotency_key("a", rendered)
 
 
+def _iso_general(value: int | str) -> str:
+    """iso_utc's general path (datetime parsing and strftime), for its fast paths to match."""
+    if isinstance(value, int):
+        dt = datetime.fromtimestamp(value / 1000.0, UTC)
+    else:
+        dt = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{dt.microsecond // 1000:03d}Z"
+
+
+def test_iso_utc_fast_paths_agree_with_the_general_path() -> None:
+    import random
+
+    rng = random.Random(8)
+    top = 2**32 * 1000  # the end of the integer fast path
+    values = [0, 1, 999, 1000, 1_700_000_000_123, top - 1, top, top + 1, -1, -1500]
+    values += [rng.randrange(0, top) for _ in range(2000)]
+    values += [rng.randrange(top - 10**6, top) for _ in range(200)]
+    for millis in values:
+        expected = _iso_general(millis)
+        assert iso_utc(millis) == expected, millis
+        assert iso_utc(expected) == expected  # the canonical string passes through
+    for text in ("0999-01-01T00:00:00.000Z", "2024-02-29T23:59:59.999Z"):
+        assert iso_utc(text) == _iso_general(text)
+    for bad in (
+        "2024-13-01T00:00:00.000Z",
+        "2023-02-29T00:00:00.000Z",
+        "2024-01-01T24:00:00.000Z",
+        "2024-01-01T00:00:60.000Z",
+        "\u0662024-01-01T00:00:00.000Z",
+    ):
+        with pytest.raises(ValueError):
+            iso_utc(bad)
+
+
 def test_iso_utc_matches_javascript_to_iso_string() -> None:
     assert iso_utc("2024-05-01T10:00:00Z") == "2024-05-01T10:00:00.000Z"
     assert iso_utc("2024-05-01T12:00:00.123456+02:00") == "2024-05-01T10:00:00.123Z"
@@ -69,3 +104,21 @@ def test_episode_round_trips_through_dict() -> None:
     assert Episode.from_dict(ep.to_dict()) == ep
     with pytest.raises(ValueError, match="not an episode"):
         Episode.from_dict({"subject": "s"})
+
+
+def test_js_parse_float_plain_decimals_and_prefixes() -> None:
+    import math
+
+    from statewave_runner.connectors._js import js_parse_float
+
+    assert js_parse_float("1700000000.000100") == 1700000000.0001
+    assert js_parse_float("12") == 12.0
+    assert js_parse_float("12.") == 12.0
+    assert js_parse_float(".5") == 0.5
+    assert js_parse_float(" 1.5e3x") == 1500.0
+    assert js_parse_float("1.2.3") == 1.2
+    assert js_parse_float("1_000") == 1.0  # float() would read 1000
+    assert math.isnan(js_parse_float("."))
+    assert math.isnan(js_parse_float(""))
+    assert math.isnan(js_parse_float("nan"))
+    assert js_parse_float("-Infinity") == -math.inf

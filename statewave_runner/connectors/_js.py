@@ -35,6 +35,10 @@ def js_trim(text: str) -> str:
 
 def js_parse_float(text: str) -> float:
     """``parseFloat(text)``: the longest numeric prefix, ``nan`` when there is none."""
+    if text.isascii() and text.replace(".", "", 1).isdigit():
+        # Plain decimal digits with at most one dot (Slack's "seconds.micros"):
+        # the whole text is the prefix.
+        return float(text)
     match = _FLOAT_PREFIX.match(text)
     if not match:
         return math.nan

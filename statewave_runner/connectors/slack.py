@@ -352,7 +352,12 @@ def _json_response(status: int, body: Mapping[str, Any]) -> Response:
     return Response.json(status, dict(body))
 
 
+_OK = Response.json(200, {"ok": True})  # immutable: one for every plain acceptance
+
+
 def _ok(**extra: Any) -> Response:
+    if not extra:
+        return _OK
     return _json_response(200, {"ok": True, **extra})
 
 
