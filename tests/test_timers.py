@@ -457,3 +457,177 @@ def test_validation() -> None:
         Timers(max_workers=0)
     with pytest.raises(ValueError):
         Timers(jump_threshold=0)
+
+
+def test_queued_members_of_a_burst_are_coalesced_once(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    # Sources armed together with one period fire together; with the only worker
+    # held by one of them, the others' next firing comes while they are still
+    # queued: skipped, and each runs once (not twice) when the worker frees up.
+    skipped: list[str] = []
+    timers = make(max_workers=1, on_skip=skipped.append)
+    release = threading.Event()
+    started = threading.Event()
+    counts = {k: Counter() for k in ("a", "b")}
+
+    def blocker() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    timers.add("blocker", parse("every 10s"), blocker)
+    for key, count in counts.items():
+        timers.add(key, parse("every 10s"), count)
+    timers.start(run_thread=False)
+    clock.advance(10)
+    timers.run_pending()
+    assert started.wait(WAIT)
+    clock.advance(10)
+    timers.run_pending()  # blocker running, a and b still queued
+    assert sorted(skipped) == ["a", "b", "blocker"]
+    release.set()
+    assert timers.wait_idle(WAIT)
+    assert [c.n for c in counts.values()] == [1, 1]
+    assert timers.info("a").last_lateness == pytest.approx(10.0)  # waited for the worker
+    step(timers, clock, 10)  # all idle again: everyone fires
+    assert [c.n for c in counts.values()] == [2, 2]
+    assert [timers.info(k).fires for k in ("blocker", "a", "b")] == [2, 2, 2]
+    assert [timers.info(k).skipped for k in ("blocker", "a", "b")] == [1, 1, 1]
+
+
+def test_queued_member_skipped_again_then_runs_normally(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    # A firing skipped while an earlier one was queued must not make later
+    # firings look queued once that earlier one has run.
+    timers = make(max_workers=1)
+    release = threading.Event()
+    started = threading.Event()
+    late = Counter()
+
+    def blocker() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    timers.add("blocker", parse("every 10s"), blocker)
+    timers.add("late", parse("every 10s"), late)
+    timers.add("other", parse("every 10s"), Counter())
+    timers.start(run_thread=False)
+    clock.advance(10)
+    timers.run_pending()
+    assert started.wait(WAIT)
+    for _ in range(2):  # two more firings while "late" waits behind the blocker
+        clock.advance(10)
+        timers.run_pending()
+    release.set()
+    assert timers.wait_idle(WAIT)
+    assert (late.n, timers.info("late").skipped) == (1, 2)
+    for _ in range(3):
+        step(timers, clock, 10)
+    assert (late.n, timers.info("late").skipped) == (4, 2)
+
+
+def test_removed_source_queued_in_a_burst_never_runs(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    timers = make(max_workers=1)
+    release = threading.Event()
+    started = threading.Event()
+    gone, kept = Counter(), Counter()
+
+    def blocker() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    timers.add("blocker", parse("every 10s"), blocker)
+    timers.add("gone", parse("every 10s"), gone)
+    timers.add("kept", parse("every 10s"), kept)
+    timers.start(run_thread=False)
+    clock.advance(10)
+    timers.run_pending()
+    assert started.wait(WAIT)
+    assert timers.remove("gone")
+    release.set()
+    assert timers.wait_idle(WAIT)
+    assert (gone.n, kept.n) == (0, 1)
+    for _ in range(2):
+        step(timers, clock, 10)
+    assert (gone.n, kept.n) == (0, 3)
+    assert timers.armed() == 2
+
+
+def test_sources_sharing_a_schedule_keep_their_own_state(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    # Many sources on one cron expression and one interval fire together; removing
+    # most of them, and adding one later, leaves each with its own fire times.
+    timers = make()
+    counts = {f"c{i}": Counter() for i in range(50)} | {f"i{i}": Counter() for i in range(50)}
+    for key, count in counts.items():
+        timers.add(key, parse("*/10 * * * * *" if key[0] == "c" else "every 10s"), count)
+    timers.start(run_thread=False)
+    step(timers, clock, 10)
+    assert all(c.n == 1 for c in counts.values())
+    for i in range(40):  # more than half of each group: the group compacts
+        assert timers.remove(f"c{i}") and timers.remove(f"i{i}")
+    clock.advance(5)
+    late = Counter()
+    timers.add("late", parse("every 10s"), late)
+    step(timers, clock, 5)
+    assert late.n == 0
+    step(timers, clock, 5)
+    assert late.n == 1
+    expected = {k: (1 if int(k[1:]) < 40 else 2) for k in counts}
+    assert {k: c.n for k, c in counts.items()} == expected
+    assert timers.armed() == 21
+    assert timers.info("i45").next_fire_at == pytest.approx(clock.wall() + 5)
+    assert timers.info("c45").next_fire_at == pytest.approx(T0 + 30)
+
+
+def test_member_queued_by_a_partial_firing_is_coalesced(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    # A keeps a worker; the group's next firing queues only B and x; B keeps the
+    # other worker, so x is still queued when the group fires again: skipped.
+    timers = make(max_workers=2)
+    release = threading.Event()
+    a_started, b_blocking = threading.Event(), threading.Event()
+    b_calls = Counter()
+    x = Counter()
+
+    def a() -> None:
+        a_started.set()
+        assert release.wait(WAIT)
+
+    def b() -> None:
+        b_calls()
+        if b_calls.n == 2:
+            b_blocking.set()
+            assert release.wait(WAIT)
+
+    timers.add("a", parse("every 10s"), a)
+    timers.add("b", parse("every 10s"), b)
+    x_ran = threading.Event()
+
+    def x_tick() -> None:
+        x()
+        x_ran.set()
+
+    timers.add("x", parse("every 10s"), x_tick)
+    timers.start(run_thread=False)
+    clock.advance(10)
+    timers.run_pending()
+    assert a_started.wait(WAIT)
+    assert x_ran.wait(WAIT)  # b and x ran on the second worker
+    assert (b_calls.n, x.n) == (1, 1)
+    clock.advance(10)
+    timers.run_pending()  # a running: b and x queued; b blocks the second worker
+    assert b_blocking.wait(WAIT)
+    clock.advance(10)
+    timers.run_pending()  # x still queued: skipped, not queued twice
+    assert timers.info("x").skipped == 1
+    release.set()
+    assert timers.wait_idle(WAIT)
+    assert x.n == 2
+    step(timers, clock, 10)
+    assert (x.n, timers.info("x").skipped, timers.info("x").fires) == (3, 1, 3)
