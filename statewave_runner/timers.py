@@ -108,7 +108,6 @@ class _Entry:
         "group",
         "included",
         "key",
-        "last_lateness",
         "last_start",
         "removed",
         "running",
@@ -134,8 +133,7 @@ class _Entry:
         self.shadow: _Entry | None = None
         self.fires = 0
         self.skipped = 0
-        self.last_start: float | None = None  # monotonic
-        self.last_lateness: float | None = None
+        self.last_start: float | None = None  # monotonic; the lateness is last_start - claimed
 
 
 class _Group:
@@ -349,16 +347,18 @@ class Timers:
                     else self._wall() + (group.due - self._mono())
                 )
             last_at: float | None = None
+            lateness: float | None = None
             if e.last_start is not None:
                 # Kept on the monotonic clock (cheaper per tick); read as "that long ago".
                 last_at = self._wall() - (self._mono() - e.last_start)
+                lateness = max(e.last_start - e.claimed, 0.0)
             return TimerInfo(
                 next_fire_at=next_at,
                 last_fire_at=last_at,
                 running=e.running,
                 fires=e.fires,
                 skipped=e.skipped,
-                last_lateness=e.last_lateness,
+                last_lateness=lateness,
             )
 
     def keys(self) -> list[str]:
@@ -620,7 +620,9 @@ class Timers:
             threading.Thread(target=self._work, name=f"{self._name}-worker", daemon=True).start()
 
     def _work(self) -> None:
-        # The per-tick path: a burst of no-op ticks costs about this loop per tick.
+        # The per-tick path: in a burst of no-op ticks this loop is the cost per
+        # tick (~0.8 us), so it keeps to locals, one clock read and one lock hold
+        # per tick, and acquire()/release() (half the cost of a with statement).
         lock = self._lock
         ready = self._ready
         mono = self._mono
@@ -628,12 +630,14 @@ class Timers:
         entry: _Entry | None = None
         late = 0.0
         spin_until = 0.0
+        changes = 0
         with lock:
             self._wakeups -= 1  # a started worker has woken
         while True:
             # One lock hold finishes the previous tick and takes the next: in a
             # burst that halves the lock traffic per tick.
-            with lock:
+            lock.acquire()
+            try:
                 if entry is not None:
                     entry.running = False
                     entry.group.busy -= 1  # type: ignore[union-attr]
@@ -643,18 +647,11 @@ class Timers:
                     if not ready or self._stopping:
                         self._idle_cv.notify_all()
                 while True:
-                    while not ready and not self._stopping:
-                        self._idle_workers += 1
-                        woke = self._work_cv.wait(self.idle_worker_timeout)
-                        self._idle_workers -= 1
-                        if woke and self._wakeups:
-                            self._wakeups -= 1
-                        if not woke and not ready:
+                    if not ready:
+                        if self._stopping or not self._idle():
                             self._workers -= 1
                             return
-                    if not ready:  # stopping
-                        self._workers -= 1
-                        return
+                        continue
                     batch = ready[0]
                     pos = batch.pos
                     now = mono()
@@ -662,14 +659,11 @@ class Timers:
                         # A burst queued ahead (_LEAD): one worker spins to its due
                         # time outside the lock; any other waits.
                         if self._spinning or batch.due - now > 2 * _LEAD:
-                            self._idle_workers += 1
-                            woke = self._work_cv.wait(batch.due - now)
-                            self._idle_workers -= 1
-                            if woke and self._wakeups:
-                                self._wakeups -= 1
+                            self._idle(batch.due - now)
                             continue
                         self._spinning = True
                         spin_until = batch.due
+                        changes = self._changes
                         entry = None
                         break
                     entries = batch.entries
@@ -681,23 +675,23 @@ class Timers:
                         batch.pos = pos
                     self._queued -= 1
                     if not entry.removed:
+                        due = batch.due
+                        entry.running = True
+                        entry.claimed = due
+                        entry.fires += 1
+                        entry.last_start = now
+                        self._busy += 1
+                        if ready and (
+                            self._queued <= max_queue or now - ready[0].due >= _HELP_AFTER
+                        ):
+                            self._help(now)
+                        late = now - due if now > due else 0.0
                         break
                     entry.group.busy -= 1  # type: ignore[union-attr]
                     if not ready:
                         self._idle_cv.notify_all()
-                if entry is not None:
-                    due = batch.due
-                    entry.running = True
-                    entry.claimed = due
-                    entry.fires += 1
-                    entry.last_start = now
-                    late = now - due if now > due else 0.0
-                    entry.last_lateness = late
-                    self._busy += 1
-                    if ready and (self._queued <= max_queue or now - ready[0].due >= _HELP_AFTER):
-                        self._help(now)
-                else:
-                    changes = self._changes
+            finally:
+                lock.release()
             if entry is None:
                 # Until the burst is due, or the queue changed (a tick due now
                 # queued before it, stop()): then look again.
@@ -716,6 +710,15 @@ class Timers:
                 entry.fn()
             except BaseException as exc:  # a tick must never kill the worker
                 self._report(entry.key, exc)
+
+    def _idle(self, timeout: float | None = None) -> bool:
+        """Wait for work (lock held); False when idle_worker_timeout passed without any."""
+        self._idle_workers += 1
+        woke = self._work_cv.wait(self.idle_worker_timeout if timeout is None else timeout)
+        self._idle_workers -= 1
+        if woke and self._wakeups:
+            self._wakeups -= 1
+        return woke or timeout is not None or bool(self._ready)
 
     def _report(self, key: str, exc: BaseException) -> None:
         on_error = self.on_error
