@@ -457,3 +457,338 @@ def test_validation() -> None:
         Timers(max_workers=0)
     with pytest.raises(ValueError):
         Timers(jump_threshold=0)
+
+
+def test_queued_members_of_a_burst_are_coalesced_once(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    # Sources armed together with one period fire together; with the only worker
+    # held by one of them, the others' next firing comes while they are still
+    # queued: skipped, and each runs once (not twice) when the worker frees up.
+    skipped: list[str] = []
+    timers = make(max_workers=1, on_skip=skipped.append)
+    release = threading.Event()
+    started = threading.Event()
+    counts = {k: Counter() for k in ("a", "b")}
+
+    def blocker() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    timers.add("blocker", parse("every 10s"), blocker)
+    for key, count in counts.items():
+        timers.add(key, parse("every 10s"), count)
+    timers.start(run_thread=False)
+    clock.advance(10)
+    timers.run_pending()
+    assert started.wait(WAIT)
+    clock.advance(10)
+    timers.run_pending()  # blocker running, a and b still queued
+    assert sorted(skipped) == ["a", "b", "blocker"]
+    release.set()
+    assert timers.wait_idle(WAIT)
+    assert [c.n for c in counts.values()] == [1, 1]
+    assert timers.info("a").last_lateness == pytest.approx(10.0)  # waited for the worker
+    step(timers, clock, 10)  # all idle again: everyone fires
+    assert [c.n for c in counts.values()] == [2, 2]
+    assert [timers.info(k).fires for k in ("blocker", "a", "b")] == [2, 2, 2]
+    assert [timers.info(k).skipped for k in ("blocker", "a", "b")] == [1, 1, 1]
+
+
+def test_queued_member_skipped_again_then_runs_normally(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    # A firing skipped while an earlier one was queued must not make later
+    # firings look queued once that earlier one has run.
+    timers = make(max_workers=1)
+    release = threading.Event()
+    started = threading.Event()
+    late = Counter()
+
+    def blocker() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    timers.add("blocker", parse("every 10s"), blocker)
+    timers.add("late", parse("every 10s"), late)
+    timers.add("other", parse("every 10s"), Counter())
+    timers.start(run_thread=False)
+    clock.advance(10)
+    timers.run_pending()
+    assert started.wait(WAIT)
+    for _ in range(2):  # two more firings while "late" waits behind the blocker
+        clock.advance(10)
+        timers.run_pending()
+    release.set()
+    assert timers.wait_idle(WAIT)
+    assert (late.n, timers.info("late").skipped) == (1, 2)
+    for _ in range(3):
+        step(timers, clock, 10)
+    assert (late.n, timers.info("late").skipped) == (4, 2)
+
+
+def test_removed_source_queued_in_a_burst_never_runs(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    timers = make(max_workers=1)
+    release = threading.Event()
+    started = threading.Event()
+    gone, kept = Counter(), Counter()
+
+    def blocker() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    timers.add("blocker", parse("every 10s"), blocker)
+    timers.add("gone", parse("every 10s"), gone)
+    timers.add("kept", parse("every 10s"), kept)
+    timers.start(run_thread=False)
+    clock.advance(10)
+    timers.run_pending()
+    assert started.wait(WAIT)
+    assert timers.remove("gone")
+    release.set()
+    assert timers.wait_idle(WAIT)
+    assert (gone.n, kept.n) == (0, 1)
+    for _ in range(2):
+        step(timers, clock, 10)
+    assert (gone.n, kept.n) == (0, 3)
+    assert timers.armed() == 2
+
+
+def test_sources_sharing_a_schedule_keep_their_own_state(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    # Many sources on one cron expression and one interval fire together; removing
+    # most of them, and adding one later, leaves each with its own fire times.
+    timers = make()
+    counts = {f"c{i}": Counter() for i in range(50)} | {f"i{i}": Counter() for i in range(50)}
+    for key, count in counts.items():
+        timers.add(key, parse("*/10 * * * * *" if key[0] == "c" else "every 10s"), count)
+    timers.start(run_thread=False)
+    step(timers, clock, 10)
+    assert all(c.n == 1 for c in counts.values())
+    for i in range(40):  # more than half of each group: the group compacts
+        assert timers.remove(f"c{i}") and timers.remove(f"i{i}")
+    clock.advance(5)
+    late = Counter()
+    timers.add("late", parse("every 10s"), late)
+    step(timers, clock, 5)
+    assert late.n == 0
+    step(timers, clock, 5)
+    assert late.n == 1
+    expected = {k: (1 if int(k[1:]) < 40 else 2) for k in counts}
+    assert {k: c.n for k, c in counts.items()} == expected
+    assert timers.armed() == 21
+    assert timers.info("i45").next_fire_at == pytest.approx(clock.wall() + 5)
+    assert timers.info("c45").next_fire_at == pytest.approx(T0 + 30)
+
+
+def test_member_queued_by_a_partial_firing_is_coalesced(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    # A keeps a worker; the group's next firing queues only B and x; B keeps the
+    # other worker, so x is still queued when the group fires again: skipped.
+    timers = make(max_workers=2)
+    release = threading.Event()
+    a_started, b_blocking = threading.Event(), threading.Event()
+    b_calls = Counter()
+    x = Counter()
+
+    def a() -> None:
+        a_started.set()
+        assert release.wait(WAIT)
+
+    def b() -> None:
+        b_calls()
+        if b_calls.n == 2:
+            b_blocking.set()
+            assert release.wait(WAIT)
+
+    timers.add("a", parse("every 10s"), a)
+    timers.add("b", parse("every 10s"), b)
+    x_ran = threading.Event()
+
+    def x_tick() -> None:
+        x()
+        x_ran.set()
+
+    timers.add("x", parse("every 10s"), x_tick)
+    timers.start(run_thread=False)
+    clock.advance(10)
+    timers.run_pending()
+    assert a_started.wait(WAIT)
+    assert x_ran.wait(WAIT)  # b and x ran on the second worker
+    assert (b_calls.n, x.n) == (1, 1)
+    clock.advance(10)
+    timers.run_pending()  # a running: b and x queued; b blocks the second worker
+    assert b_blocking.wait(WAIT)
+    clock.advance(10)
+    timers.run_pending()  # x still queued: skipped, not queued twice
+    assert timers.info("x").skipped == 1
+    release.set()
+    assert timers.wait_idle(WAIT)
+    assert x.n == 2
+    step(timers, clock, 10)
+    assert (x.n, timers.info("x").skipped, timers.info("x").fires) == (3, 1, 3)
+
+
+BURST = 64  # timers._BURST: groups this large are queued ahead of their due time
+
+
+def wait_for(predicate: Callable[[], bool]) -> None:
+    """Poll (real time) until ``predicate()``; fail after WAIT seconds."""
+    pause = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        if predicate():
+            return
+        pause.wait(0.01)
+    assert predicate()
+
+
+class Recorder:
+    """Counts ticks per key and keeps on_fire's lateness."""
+
+    def __init__(self) -> None:
+        self.fired: dict[str, int] = {}
+        self.lateness: list[float] = []
+        self.lock = threading.Lock()
+
+    def tick(self, key: str) -> Callable[[], None]:
+        def fn() -> None:
+            with self.lock:
+                self.fired[key] = self.fired.get(key, 0) + 1
+
+        return fn
+
+    def on_fire(self, key: str, late: float) -> None:
+        with self.lock:
+            self.lateness.append(late)
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.fired.values())
+
+
+def test_burst_is_queued_ahead_and_starts_when_due_not_before(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    rec = Recorder()
+    timers = make(on_fire=rec.on_fire)
+    for i in range(BURST):
+        timers.add(f"s{i}", parse("every 10s"), rec.tick(f"s{i}"))
+    timers.add("small", parse("every 20s"), rec.tick("small"))
+    timers.start(run_thread=False)
+    # The timer thread is told to wake `lead` before a burst, not before a small group.
+    assert timers.run_pending(lead=0.001) == pytest.approx(10 - 0.001)
+    clock.advance(9.9995)
+    timers.run_pending(lead=0.001)  # queued ahead: a worker waits for the due time
+    assert timers.info("s0").next_fire_at == pytest.approx(T0 + 20)
+    assert not timers.wait_idle(0.2)  # 0.2 s of real time: nothing may start early
+    assert rec.total() == 0
+    clock.advance(0.0005)
+    assert timers.wait_idle(WAIT)
+    assert rec.total() == BURST and set(rec.fired.values()) == {1}
+    assert max(rec.lateness) == pytest.approx(0.0, abs=1e-9)
+    assert all(timers.info(f"s{i}").fires == 1 for i in range(BURST))
+    clock.advance(9.9995)
+    # The burst is queued ahead; what is left to wait for is the small group.
+    assert timers.run_pending(lead=0.001) == pytest.approx(0.0005)
+    clock.advance(0.0005)
+    timers.run_pending(lead=0.001)
+    assert timers.wait_idle(WAIT)
+    assert rec.fired["small"] == 1 and rec.fired["s0"] == 2
+
+
+def test_burst_with_a_member_still_running_waits_for_its_due_time(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    # Whether a member's firing is skipped is decided when due, so a burst with a
+    # member running is not queued ahead.
+    skipped: list[str] = []
+    rec = Recorder()
+    timers = make(on_skip=skipped.append)
+    release, started = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    timers.add("slow", parse("every 10s"), slow)
+    for i in range(BURST):
+        timers.add(f"s{i}", parse("every 10s"), rec.tick(f"s{i}"))
+    timers.start(run_thread=False)
+    clock.advance(10)
+    timers.run_pending(lead=0.001)
+    assert started.wait(WAIT)
+    clock.advance(0.02)  # the others waited 10+ ms behind "slow": a helper drains them
+    timers.run_pending(lead=0.001)
+    wait_for(lambda: rec.total() == BURST)
+    # Second firing: "slow" still running, the burst is not queued ahead.
+    clock.advance(9.9795)
+    assert timers.run_pending(lead=0.001) == pytest.approx(0.0005)
+    assert skipped == [] and timers.wait_idle(0.05) is False  # only "slow" runs
+    clock.advance(0.0005)
+    timers.run_pending(lead=0.001)
+    assert skipped == ["slow"]
+    release.set()
+    assert timers.wait_idle(WAIT)
+    assert rec.total() == 2 * BURST
+    assert timers.info("slow").fires == 1
+
+
+def test_tick_due_now_is_not_held_behind_a_burst_queued_ahead(clock: FakeClock) -> None:
+    # A worker waiting for a burst queued ahead still starts what comes due first.
+    clock = FakeClock(wall=T0 - 0.0003)  # the cron burst is due 0.3 ms after "first"
+    timers = Timers(wall_clock=clock.wall, monotonic=clock.mono, max_workers=1)
+    rec = Recorder()
+    first = threading.Event()
+    try:
+        for i in range(BURST):
+            timers.add(f"c{i}", parse("*/10 * * * * *"), rec.tick(f"c{i}"))
+        timers.add("first", parse("every 10s"), first.set)
+        timers.start(run_thread=False)
+        step(timers, clock, 0.0003)  # the cron burst's first fire: 12:00:00
+        assert rec.total() == BURST
+        clock.advance(9.9994)
+        timers.run_pending(lead=0.001)  # the burst (due at 12:00:10) is queued ahead
+        assert not timers.wait_idle(0.2)  # real time for the worker to start waiting for it
+        clock.advance(0.0003)
+        timers.run_pending(lead=0.001)  # "first" is due now: queued before the burst
+        assert first.wait(WAIT)
+        assert rec.total() == BURST
+        clock.advance(0.0003)
+        assert timers.wait_idle(WAIT)
+        assert rec.total() == 2 * BURST
+    finally:
+        assert timers.stop(timeout=WAIT) == []
+
+
+def test_stop_while_a_worker_waits_for_a_burst(
+    make: Callable[..., Timers], clock: FakeClock
+) -> None:
+    rec = Recorder()
+    timers = make()
+    for i in range(BURST):
+        timers.add(f"s{i}", parse("every 10s"), rec.tick(f"s{i}"))
+    timers.start(run_thread=False)
+    clock.advance(9.9995)
+    timers.run_pending(lead=0.001)
+    assert timers.stop(timeout=WAIT) == []
+    clock.advance(1)
+    assert timers.wait_idle(WAIT)
+    assert rec.total() == 0
+
+
+def test_real_clocks_burst_smoke() -> None:
+    rec = Recorder()
+    timers = Timers(on_fire=rec.on_fire)
+    for i in range(2 * BURST):
+        timers.add(f"s{i}", parse("*/1 * * * * *"), rec.tick(f"s{i}"))
+    timers.start()
+    try:
+        wait_for(lambda: len(rec.fired) == 2 * BURST)
+        assert all(timers.info(f"s{i}").fires >= 1 for i in range(2 * BURST))
+        assert all(late >= 0 for late in rec.lateness)
+    finally:
+        assert timers.stop(timeout=WAIT) == []
