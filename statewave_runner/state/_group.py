@@ -9,6 +9,12 @@ them. Operations that arrive while a batch is committing form the next batch,
 so the batch size grows with the load, and an idle system pays no added
 latency (no timer, no writer thread). Each waiter sleeps on its own lock: a
 batch wakes its own callers, not every waiting thread.
+
+The callers of a batch are woken one after the other, each by the one before
+it, not all at once by the leader: only one thread runs Python at a time (the
+GIL), so thirty threads woken together would queue for it, each paying extra
+context switches on the way, and the leader, which needs the GIL back after
+every SQLite step or network wait, would queue behind them.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ MAX_BATCH = 512
 class Op:
     """One submitted operation: a backend-specific ``payload`` and its outcome."""
 
-    __slots__ = ("_wake", "done", "error", "payload", "result", "touches_cursors")
+    __slots__ = ("_next", "_wake", "done", "error", "payload", "result", "touches_cursors")
 
     def __init__(self, payload: Any, touches_cursors: bool) -> None:
         self.payload = payload
@@ -35,6 +41,8 @@ class Op:
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self._next: Op | None = None
+        """The next caller of the same batch to wake, once this one is awake."""
         self._wake = threading.Lock()
         self._wake.acquire()  # released once: "done" or "you lead now"
 
@@ -79,13 +87,17 @@ class GroupCommitter:
             self._busy = True
         if not lead:
             op._wake.acquire()  # until our batch is done, or we are handed the lead
+            if op.done:
+                nxt = op._next
+                if nxt is not None:
+                    nxt._wake.release()  # pass the wake-up on along the batch
         if not op.done:
-            self._lead()
+            self._lead(op)
         if op.error is not None:
             raise op.error
         return op.result
 
-    def _lead(self) -> None:
+    def _lead(self, mine: Op) -> None:
         with self._lock:
             batch = self._queue[:MAX_BATCH]
             del self._queue[:MAX_BATCH]
@@ -106,10 +118,16 @@ class GroupCommitter:
                 self.ops += len(batch)
                 successor = self._queue[0] if self._queue else None
                 self._busy = successor is not None
-            for op in batch:
-                op._wake.release()
             if successor is not None:
                 successor._wake.release()
+            # Wake the batch's first caller; each woken caller wakes the next.
+            first: Op | None = None
+            for op in reversed(batch):
+                if op is not mine:
+                    op._next = first
+                    first = op
+            if first is not None:
+                first._wake.release()
 
     def close(self) -> None:
         """Refuse new operations; wait until everything queued has run."""
