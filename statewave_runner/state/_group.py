@@ -14,7 +14,12 @@ The callers of a batch are woken one after the other, each by the one before
 it, not all at once by the leader: only one thread runs Python at a time (the
 GIL), so thirty threads woken together would queue for it, each paying extra
 context switches on the way, and the leader, which needs the GIL back after
-every SQLite step or network wait, would queue behind them.
+every SQLite step or network wait, would queue behind them. When another
+batch follows, its leader wakes the previous batch's callers just before its
+own durable wait (the ``COMMIT``'s fsync, the server's answer) by calling
+:meth:`GroupCommitter.wake_previous`: they run while it waits instead of
+competing with it for the GIL before. A backend that never calls it gets
+them woken at the end of the batch.
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ class GroupCommitter:
         self._queue: list[Op] = []
         self._busy = False
         self._closed = False
+        self._previous: Op | None = None
+        """First caller of the batch before, not woken yet (only the leader touches it)."""
         self.batches = 0
         """Batches run so far (for tests and the benchmark)."""
         self.ops = 0
@@ -110,24 +117,37 @@ class GroupCommitter:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            self.wake_previous()
             for op in batch:
                 if not op.done:  # run_batch returned without settling: a bug, not a success
                     op.fail(StateError(f"{self._what}: operation was not run"))
+            # The batch's callers, in a chain: each woken caller wakes the next.
+            first: Op | None = None
+            for op in reversed(batch):
+                if op is not mine:
+                    op._next = first
+                    first = op
             with self._lock:
                 self.batches += 1
                 self.ops += len(batch)
                 successor = self._queue[0] if self._queue else None
                 self._busy = successor is not None
             if successor is not None:
+                # The successor wakes them just before its own durable wait.
+                self._previous = first
                 successor._wake.release()
-            # Wake the batch's first caller; each woken caller wakes the next.
-            first: Op | None = None
-            for op in reversed(batch):
-                if op is not mine:
-                    op._next = first
-                    first = op
-            if first is not None:
+            elif first is not None:
                 first._wake.release()
+
+    def wake_previous(self) -> None:
+        """Wake the callers of the batch before this one (on the leader, from ``run_batch``).
+
+        Call it just before the batch's durable wait; idempotent.
+        """
+        first = self._previous
+        if first is not None:
+            self._previous = None
+            first._wake.release()
 
     def close(self) -> None:
         """Refuse new operations; wait until everything queued has run."""

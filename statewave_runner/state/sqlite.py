@@ -343,6 +343,7 @@ class SqliteState:
             current = None
             token = self._before_commit(conn, [op for op, _ in pending], now)
             self._purge_some(conn, now)
+            self._committer.wake_previous()  # they run while we wait for the fsync
             conn.execute("COMMIT")
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
