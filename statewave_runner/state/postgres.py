@@ -544,6 +544,7 @@ class PostgresState:
 
         needs_transaction = bool(takers) or any(op.payload[1] is not None for op in ops)
         if needs_transaction:
+            self._committer.wake_previous()  # before our first round trip
             with conn.transaction():
                 fresh = run()
         else:
