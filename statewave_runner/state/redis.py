@@ -32,6 +32,7 @@ does not allow.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -76,51 +77,47 @@ local first = 4
 )
 
 # Several callers' puts in one script (group commit: one round trip for all).
-# ARGV: prefix, now, dedup ttl (ms), then per put: its item count n, 1 and the
-# event key and its ttl (ms) for put_and_mark or 0 for put, then n key/body/origin
-# triples. Each put runs as its script above would, in order; returns
-# {added, new} per put (new is 1 for a plain put).
+# ARGV: prefix, now, dedup ttl (ms), then one JSON array with one array per put:
+# [1, event key, its ttl (ms)] for put_and_mark or [0, "", "0"] for put, then
+# its key, body, origin triples. (One argument, serialized by each caller
+# beforehand: redis-py packs and Redis parses 3 + 1 arguments, not 3 per item.)
+# Each put runs as it would alone, in order; returns "added:new" per put,
+# space-separated (new is 1 for a plain put).
 _PUT_BATCH = """
 local p = ARGV[1]
 local now = ARGV[2]
 local ttl = ARGV[3]
+local batch = cjson.decode(ARGV[4])
 local out = {}
-local i = 4
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
+for o = 1, #batch do
+  local op = batch[o]
   local seen = false
-  local seen_ttl
-  local first = i + 2
-  if ARGV[i + 1] == '1' then
-    seen = p .. 'seen:' .. ARGV[i + 2]
-    seen_ttl = ARGV[i + 3]
-    first = i + 4
+  if op[1] == 1 then
+    seen = p .. 'seen:' .. op[2]
   end
-  local last = first + 3 * n - 1
-  i = last + 1
   local added = 0
   local new = 1
   if seen and redis.call('EXISTS', seen) == 1 then
     new = 0
   else
-    for j = first, last, 3 do
-      if redis.call('SET', p .. 'ob:k:' .. ARGV[j], '1', 'NX', 'PX', ttl) then
+    for j = 4, #op, 3 do
+      local key = op[j]
+      if redis.call('SET', p .. 'ob:k:' .. key, '1', 'NX', 'PX', ttl) then
         local id = redis.call('INCR', p .. 'ob:seq')
-        redis.call('HSET', p .. 'ob:i:' .. id, 'key', ARGV[j], 'body', ARGV[j + 1],
-          'origin', ARGV[j + 2], 'attempts', 0, 'enq', now)
+        redis.call('HSET', p .. 'ob:i:' .. id, 'key', key, 'body', op[j + 1],
+          'origin', op[j + 2], 'attempts', 0, 'enq', now)
         redis.call('ZADD', p .. 'ob:ready', id, id)
         redis.call('ZADD', p .. 'ob:live', id, id)
         added = added + 1
       end
     end
     if seen then
-      redis.call('SET', seen, '1', 'PX', seen_ttl)
+      redis.call('SET', seen, '1', 'PX', op[3])
     end
   end
-  out[#out + 1] = added
-  out[#out + 1] = new
+  out[o] = added .. ':' .. new
 end
-return out
+return table.concat(out, ' ')
 """
 
 _CLAIM = """
@@ -234,6 +231,17 @@ def _ms(seconds: float) -> int:
 
 def _s(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _segment(head: list[Any], items: Sequence[OutboxItem]) -> bytes:
+    """One put's part of a batch (see ``_PUT_BATCH``), serialized by its caller.
+
+    Encoded here, so an item Redis cannot take (a lone surrogate) fails its own
+    put, not its batch.
+    """
+    for item in items:
+        head += (item.key, item.body, item.origin)
+    return json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def _is_driver_error(exc: BaseException) -> bool:
@@ -402,10 +410,7 @@ class RedisState:
             raise StateError(f"Redis state at {self._where} is closed")
         if not items:
             return 0
-        segment: list[Any] = [len(items), 0]
-        for item in items:
-            segment += (item.key, item.body, item.origin)
-        added, _ = self._committer.submit(segment)
+        added, _ = self._committer.submit(_segment([0, "", "0"], items))
         return int(added)
 
     def put_and_set_cursor(
@@ -433,27 +438,28 @@ class RedisState:
             raise StateError(f"Redis state at {self._where} is closed")
         # The batch script runs the check, the items and the mark as one unit
         # (and Redis persists it as one).
-        segment: list[Any] = [len(items), 1]
-        self._write_mark(segment, key, ttl_seconds)
-        for item in items:
-            segment += (item.key, item.body, item.origin)
-        added, new = self._committer.submit(segment)
+        head: list[Any] = [1]
+        self._write_mark(head, key, ttl_seconds)
+        added, new = self._committer.submit(_segment(head, items))
         return int(added), bool(new)
 
     def _run_batch(self, ops: list[Op]) -> None:
-        # Serialized by the callers: the leader only concatenates.
-        args: list[Any] = [self.key_prefix, repr(self._clock()), _ms(self.settings.dedup_ttl)]
-        for op in ops:
-            args += op.payload
+        # Serialized by the callers: the leader only joins their JSON.
+        batch = b"[" + b",".join([op.payload for op in ops]) + b"]"
+        args = [self.key_prefix, repr(self._clock()), _ms(self.settings.dedup_ttl), batch]
         self._committer.wake_previous()  # the previous batch's callers run while we wait
-        flat = self._run("queue episodes", lambda: self._put_batch(args=args))
-        for n, op in enumerate(ops):
-            op.succeed((int(flat[2 * n]), bool(int(flat[2 * n + 1]))))
+        reply = self._run("queue episodes", lambda: self._put_batch(args=args))
+        results = _s(reply).split(" ")
+        if len(results) != len(ops):
+            raise StateError(f"Redis state at {self._where}: unexpected reply to a batch of puts")
+        for op, result in zip(ops, results, strict=True):
+            added, _, new = result.partition(":")
+            op.succeed((int(added), new == "1"))
 
     def _write_mark(self, args: list[Any], key: str, ttl_seconds: float) -> None:
         # The mark half of put_and_mark (its place in the script's arguments);
         # tests replace it to inject a failure between the two halves.
-        args += [key, _ms(ttl_seconds)]
+        args += [key, str(_ms(ttl_seconds))]
 
     def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
         if limit <= 0:
