@@ -408,6 +408,7 @@ class RedisState:
     def put(self, items: Sequence[OutboxItem]) -> int:
         if self._closed:
             raise StateError(f"Redis state at {self._where} is closed")
+        items = list(items)
         if not items:
             return 0
         added, _ = self._committer.submit(_segment([0, "", "0"], items))

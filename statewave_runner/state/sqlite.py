@@ -523,11 +523,12 @@ class SqliteState:
             conn.execute(_sql_items(n), [v for r in chunk for v in (*r, now)])
 
     def put(self, items: Sequence[OutboxItem]) -> int:
+        items = list(items)
         if not items:
             if self._closed:
                 raise StateError(f"{self._where()} is closed")
             return 0
-        return int(self._write(_Put(self, list(items), None, None)))
+        return int(self._write(_Put(self, items, None, None)))
 
     def put_and_set_cursor(
         self, items: Sequence[OutboxItem], kind: str, name: str, cursor: str | None
