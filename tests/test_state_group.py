@@ -134,3 +134,76 @@ def test_close_waits_for_the_running_batch_then_refuses() -> None:
     th.join()
     with pytest.raises(StateError, match="test state is closed"):
         gc.submit(2)
+
+
+def test_the_next_leader_wakes_the_previous_batch_before_its_durable_wait() -> None:
+    # Batches: [w], then [1, 2], then [100]. The leader of [100] calls
+    # wake_previous(): the caller of [1, 2] that did not lead it must return
+    # while [100] is still running, not only once it has finished.
+    returned: list[Any] = []
+    pair_running = threading.Event()
+    w_running = threading.Event()
+    seen: list[bool] = []
+
+    def until(cond: Any) -> bool:
+        deadline = time.monotonic() + 10
+        while not cond():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def run(ops: list[Op]) -> None:
+        payloads = [op.payload for op in ops]
+        if payloads == ["w"]:
+            w_running.set()
+            assert until(lambda: len(gc._queue) >= 2)  # 1 and 2 queue behind us
+        elif 100 not in payloads:
+            assert sorted(payloads) == [1, 2]
+            pair_running.set()
+            assert until(lambda: len(gc._queue) >= 1)  # 100 queues behind us
+        else:
+            gc.wake_previous()
+            seen.append(until(lambda: {1, 2} <= set(returned)))
+        for op in ops:
+            op.succeed(op.payload)
+
+    gc = GroupCommitter(run, "test")
+    threads = [threading.Thread(target=lambda: returned.append(gc.submit("w")))]
+    threads[0].start()
+    assert w_running.wait(10)
+    for i in (1, 2):
+        threads.append(threading.Thread(target=lambda i=i: returned.append(gc.submit(i))))
+        threads[-1].start()
+    assert pair_running.wait(10)
+    threads.append(threading.Thread(target=lambda: returned.append(gc.submit(100))))
+    threads[-1].start()
+    for th in threads:
+        th.join(timeout=30)
+    assert sorted(returned, key=str) == sorted(["w", 1, 2, 100], key=str)
+    assert seen == [True]
+    assert gc.batches == 3
+
+
+def test_callers_of_a_batch_are_all_woken_without_wake_previous() -> None:
+    # A backend that never calls wake_previous still wakes everyone, in a chain.
+    gate = threading.Event()
+    sizes: list[int] = []
+
+    def run(ops: list[Op]) -> None:
+        sizes.append(len(ops))
+        gate.wait(10)
+        for op in ops:
+            op.succeed(op.payload)
+
+    gc = GroupCommitter(run, "test")
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(gc.submit(i))) for i in range(20)]
+    for th in threads:
+        th.start()
+    time.sleep(0.1)
+    gate.set()
+    for th in threads:
+        th.join(timeout=30)
+    assert sorted(results) == list(range(20))
+    assert sum(sizes) == 20 and gc.ops == 20

@@ -9,6 +9,17 @@ them. Operations that arrive while a batch is committing form the next batch,
 so the batch size grows with the load, and an idle system pays no added
 latency (no timer, no writer thread). Each waiter sleeps on its own lock: a
 batch wakes its own callers, not every waiting thread.
+
+The callers of a batch are woken one after the other, each by the one before
+it, not all at once by the leader: only one thread runs Python at a time (the
+GIL), so thirty threads woken together would queue for it, each paying extra
+context switches on the way, and the leader, which needs the GIL back after
+every SQLite step or network wait, would queue behind them. When another
+batch follows, its leader wakes the previous batch's callers just before its
+own durable wait (the ``COMMIT``'s fsync, the server's answer) by calling
+:meth:`GroupCommitter.wake_previous`: they run while it waits instead of
+competing with it for the GIL before. A backend that never calls it gets
+them woken at the end of the batch.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ MAX_BATCH = 512
 class Op:
     """One submitted operation: a backend-specific ``payload`` and its outcome."""
 
-    __slots__ = ("_wake", "done", "error", "payload", "result", "touches_cursors")
+    __slots__ = ("_next", "_wake", "done", "error", "payload", "result", "touches_cursors")
 
     def __init__(self, payload: Any, touches_cursors: bool) -> None:
         self.payload = payload
@@ -35,6 +46,8 @@ class Op:
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self._next: Op | None = None
+        """The next caller of the same batch to wake, once this one is awake."""
         self._wake = threading.Lock()
         self._wake.acquire()  # released once: "done" or "you lead now"
 
@@ -63,6 +76,8 @@ class GroupCommitter:
         self._queue: list[Op] = []
         self._busy = False
         self._closed = False
+        self._previous: Op | None = None
+        """First caller of the batch before, not woken yet (only the leader touches it)."""
         self.batches = 0
         """Batches run so far (for tests and the benchmark)."""
         self.ops = 0
@@ -79,13 +94,17 @@ class GroupCommitter:
             self._busy = True
         if not lead:
             op._wake.acquire()  # until our batch is done, or we are handed the lead
+            if op.done:
+                nxt = op._next
+                if nxt is not None:
+                    nxt._wake.release()  # pass the wake-up on along the batch
         if not op.done:
-            self._lead()
+            self._lead(op)
         if op.error is not None:
             raise op.error
         return op.result
 
-    def _lead(self) -> None:
+    def _lead(self, mine: Op) -> None:
         with self._lock:
             batch = self._queue[:MAX_BATCH]
             del self._queue[:MAX_BATCH]
@@ -98,18 +117,37 @@ class GroupCommitter:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            self.wake_previous()
             for op in batch:
                 if not op.done:  # run_batch returned without settling: a bug, not a success
                     op.fail(StateError(f"{self._what}: operation was not run"))
+            # The batch's callers, in a chain: each woken caller wakes the next.
+            first: Op | None = None
+            for op in reversed(batch):
+                if op is not mine:
+                    op._next = first
+                    first = op
             with self._lock:
                 self.batches += 1
                 self.ops += len(batch)
                 successor = self._queue[0] if self._queue else None
                 self._busy = successor is not None
-            for op in batch:
-                op._wake.release()
             if successor is not None:
+                # The successor wakes them just before its own durable wait.
+                self._previous = first
                 successor._wake.release()
+            elif first is not None:
+                first._wake.release()
+
+    def wake_previous(self) -> None:
+        """Wake the callers of the batch before this one (on the leader, from ``run_batch``).
+
+        Call it just before the batch's durable wait; idempotent.
+        """
+        first = self._previous
+        if first is not None:
+            self._previous = None
+            first._wake.release()
 
     def close(self) -> None:
         """Refuse new operations; wait until everything queued has run."""

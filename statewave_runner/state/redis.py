@@ -17,6 +17,10 @@ client from ``url``; an injected client skips the import. Keys (``<p>`` is
   deadline passes and the next claim moves them back. Nothing is lost.
 
 Each operation is one script or one ``MULTI``/``EXEC``, so it is atomic.
+Concurrent ``put()`` and ``put_and_mark()`` calls are group-committed (see
+``_group.py``): the callers serialize their arguments, one of them sends
+everything queued as one script, one round trip, in which each call runs in
+order exactly as it would alone.
 Durability is Redis's own persistence setting: with ``appendonly yes`` and
 ``appendfsync always`` a put is on disk before Redis answers; with the
 defaults a Redis crash can lose the last second (or everything, without
@@ -28,12 +32,14 @@ does not allow.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ..errors import StateError
+from ._group import GroupCommitter, Op
 from .base import DEFAULT_KEY_PREFIX, ClaimedItem, Health, OutboxItem, OutboxSettings, OutboxStats
 from .drivers import first_line, import_driver, safe_url, url_redactor
 
@@ -70,25 +76,49 @@ local first = 4
     + "return added\n"
 )
 
-# ARGV: prefix, now, dedup ttl (ms), seen key, its ttl (ms), then triples. Nothing
-# is written when the seen key exists; otherwise the items and the mark together.
-_PUT_MARK = (
-    """
+# Several callers' puts in one script (group commit: one round trip for all).
+# ARGV: prefix, now, dedup ttl (ms), then one JSON array with one array per put:
+# [1, event key, its ttl (ms)] for put_and_mark or [0, "", "0"] for put, then
+# its key, body, origin triples. (One argument, serialized by each caller
+# beforehand: redis-py packs and Redis parses 3 + 1 arguments, not 3 per item.)
+# Each put runs as it would alone, in order; returns "added:new" per put,
+# space-separated (new is 1 for a plain put).
+_PUT_BATCH = """
 local p = ARGV[1]
 local now = ARGV[2]
 local ttl = ARGV[3]
-local seen = p .. 'seen:' .. ARGV[4]
-if redis.call('EXISTS', seen) == 1 then
-  return {0, 0}
+local batch = cjson.decode(ARGV[4])
+local out = {}
+for o = 1, #batch do
+  local op = batch[o]
+  local seen = false
+  if op[1] == 1 then
+    seen = p .. 'seen:' .. op[2]
+  end
+  local added = 0
+  local new = 1
+  if seen and redis.call('EXISTS', seen) == 1 then
+    new = 0
+  else
+    for j = 4, #op, 3 do
+      local key = op[j]
+      if redis.call('SET', p .. 'ob:k:' .. key, '1', 'NX', 'PX', ttl) then
+        local id = redis.call('INCR', p .. 'ob:seq')
+        redis.call('HSET', p .. 'ob:i:' .. id, 'key', key, 'body', op[j + 1],
+          'origin', op[j + 2], 'attempts', 0, 'enq', now)
+        redis.call('ZADD', p .. 'ob:ready', id, id)
+        redis.call('ZADD', p .. 'ob:live', id, id)
+        added = added + 1
+      end
+    end
+    if seen then
+      redis.call('SET', seen, '1', 'PX', op[3])
+    end
+  end
+  out[o] = added .. ':' .. new
 end
-local first = 6
+return table.concat(out, ' ')
 """
-    + _PUT_LOOP
-    + """
-redis.call('SET', seen, '1', 'PX', ARGV[5])
-return {added, 1}
-"""
-)
 
 _CLAIM = """
 local p = ARGV[1]
@@ -203,6 +233,17 @@ def _s(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _segment(head: list[Any], items: Sequence[OutboxItem]) -> bytes:
+    """One put's part of a batch (see ``_PUT_BATCH``), serialized by its caller.
+
+    Encoded here, so an item Redis cannot take (a lone surrogate) fails its own
+    put, not its batch.
+    """
+    for item in items:
+        head += (item.key, item.body, item.origin)
+    return json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def _is_driver_error(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] == "redis"
 
@@ -261,7 +302,7 @@ class RedisState:
             raise
         reg = self._client.register_script
         self._put = reg(_PUT)
-        self._put_mark = reg(_PUT_MARK)
+        self._put_batch = reg(_PUT_BATCH)
         self._claim = reg(_CLAIM)
         self._ack = reg(_ACK)
         self._nack = reg(_NACK)
@@ -270,6 +311,7 @@ class RedisState:
         self._renew = reg(_RENEW)
         self._release = reg(_RELEASE)
         self._warn_if_not_persistent()
+        self._committer = GroupCommitter(self._run_batch, f"redis state {self._where}")
 
     def _error(self, doing: str, exc: BaseException) -> str:
         return self._redactor.scrub(
@@ -364,12 +406,13 @@ class RedisState:
         return args
 
     def put(self, items: Sequence[OutboxItem]) -> int:
+        if self._closed:
+            raise StateError(f"Redis state at {self._where} is closed")
         items = list(items)
         if not items:
-            if self._closed:
-                raise StateError(f"Redis state at {self._where} is closed")
             return 0
-        return int(self._run("queue episodes", lambda: self._put(args=self._put_args(items))))
+        added, _ = self._committer.submit(_segment([0, "", "0"], items))
+        return int(added)
 
     def put_and_set_cursor(
         self, items: Sequence[OutboxItem], kind: str, name: str, cursor: str | None
@@ -392,24 +435,32 @@ class RedisState:
     def put_and_mark(
         self, items: Sequence[OutboxItem], key: str, ttl_seconds: float
     ) -> tuple[int, bool]:
-        items = list(items)
+        if self._closed:
+            raise StateError(f"Redis state at {self._where} is closed")
+        # The batch script runs the check, the items and the mark as one unit
+        # (and Redis persists it as one).
+        head: list[Any] = [1]
+        self._write_mark(head, key, ttl_seconds)
+        added, new = self._committer.submit(_segment(head, items))
+        return int(added), bool(new)
 
-        def op() -> tuple[int, bool]:
-            # One script: Redis runs (and persists) the check, the items and
-            # the mark as one unit.
-            args = self._put_args([])
-            self._write_mark(args, key, ttl_seconds)
-            for item in items:
-                args += [item.key, item.body, item.origin]
-            added, new = self._put_mark(args=args)
-            return int(added), bool(int(new))
-
-        return self._run("queue episodes and mark an event", op)
+    def _run_batch(self, ops: list[Op]) -> None:
+        # Serialized by the callers: the leader only joins their JSON.
+        batch = b"[" + b",".join([op.payload for op in ops]) + b"]"
+        args = [self.key_prefix, repr(self._clock()), _ms(self.settings.dedup_ttl), batch]
+        self._committer.wake_previous()  # the previous batch's callers run while we wait
+        reply = self._run("queue episodes", lambda: self._put_batch(args=args))
+        results = _s(reply).split(" ")
+        if len(results) != len(ops):
+            raise StateError(f"Redis state at {self._where}: unexpected reply to a batch of puts")
+        for op, result in zip(ops, results, strict=True):
+            added, _, new = result.partition(":")
+            op.succeed((int(added), new == "1"))
 
     def _write_mark(self, args: list[Any], key: str, ttl_seconds: float) -> None:
         # The mark half of put_and_mark (its place in the script's arguments);
         # tests replace it to inject a failure between the two halves.
-        args += [key, _ms(ttl_seconds)]
+        args += [key, str(_ms(ttl_seconds))]
 
     def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
         if limit <= 0:
@@ -567,9 +618,15 @@ class RedisState:
     def describe(self) -> dict[str, str]:
         return {"kind": self.kind, "location": self._where, "key_prefix": self.key_prefix}
 
+    @property
+    def batches(self) -> int:
+        """Group-commit batches (scripts run for puts) so far."""
+        return self._committer.batches
+
     def close(self) -> None:
         if self._closed:
             return
+        self._committer.close()
         self._closed = True
         if self._own_client:
             self._client.close()

@@ -17,6 +17,7 @@ lock on top because its JSON mirror has a single writer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -115,6 +116,58 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+_CHUNK = 200
+"""Rows per multi-row statement: 4 variables a row stays below SQLite's oldest
+limit of 999 variables per statement."""
+
+
+@functools.lru_cache(maxsize=256)
+def _sql_present(table: str, n: int) -> str:
+    marks = ", ".join("?" * n)
+    return f"SELECT key FROM {table} WHERE key IN ({marks}) AND expires_at > ?"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=256)
+def _sql_keys(n: int) -> str:
+    rows = ", ".join(["(?, ?)"] * n)
+    return (
+        f"INSERT INTO outbox_keys (key, expires_at) VALUES {rows} "  # noqa: S608 - placeholders
+        "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _sql_items(n: int) -> str:
+    rows = ", ".join(["(?, ?, ?, ?)"] * n)
+    return f"INSERT INTO outbox (key, body, origin, enqueued_at) VALUES {rows}"  # noqa: S608
+
+
+class _Put:
+    """A put, put_and_set_cursor or put_and_mark as a group-commit payload.
+
+    The batch runs all of a batch's puts together (``SqliteState._put_many``);
+    called on its own (the per-operation retry that isolates a failure) it
+    runs alone.
+    """
+
+    __slots__ = ("cursor", "items", "mark", "state")
+
+    def __init__(
+        self,
+        state: SqliteState,
+        items: list[OutboxItem],
+        cursor: tuple[str, str, str] | None,
+        mark: tuple[str, float] | None,
+    ) -> None:
+        self.state = state
+        self.items = items
+        self.cursor = cursor
+        self.mark = mark
+
+    def __call__(self, conn: Conn, now: float) -> Any:
+        return self.state._put_many(conn, [self], now)[0]
+
+
 class SqliteState:
     """The state contract in one SQLite file at ``path`` (created if missing)."""
 
@@ -157,6 +210,7 @@ class SqliteState:
             timeout=self._busy_timeout,
             isolation_level=None,  # we issue BEGIN/COMMIT ourselves
             check_same_thread=False,
+            cached_statements=1024,  # the multi-row statements come in many sizes
         )
         conn.execute("PRAGMA synchronous=FULL")
         return conn
@@ -251,9 +305,13 @@ class SqliteState:
         conn = self._writer
         pending: list[tuple[Op, Any]] = []
         current: Op | None = None
+        puts: list[Op] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in ops:
+                if not isolate and type(op.payload) is _Put:
+                    puts.append(op)  # run together below, a few statements for all of them
+                    continue
                 current = op
                 if isolate:
                     conn.execute("SAVEPOINT op")
@@ -272,9 +330,20 @@ class SqliteState:
                 if isolate:
                     conn.execute("RELEASE op")
                 pending.append((op, result))
+            if puts:
+                current = puts[0] if len(ops) == 1 else None
+                try:
+                    results = self._put_many(conn, [op.payload for op in puts], now)
+                except Exception:
+                    if len(ops) > 1:
+                        conn.execute("ROLLBACK")
+                        return False
+                    raise
+                pending.extend(zip(puts, results, strict=True))
             current = None
             token = self._before_commit(conn, [op for op, _ in pending], now)
             self._purge_some(conn, now)
+            self._committer.wake_previous()  # they run while we wait for the fsync
             conn.execute("COMMIT")
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -376,24 +445,82 @@ class SqliteState:
         return row is not None
 
     # ------------------------------------------------------------------ outbox
-    def _put_rows(self, conn: Conn, items: Sequence[OutboxItem], now: float) -> int:
+    def _put_many(self, conn: Conn, puts: Sequence[_Put], now: float) -> list[Any]:
+        """Run several puts in the open transaction, as if one after the other.
+
+        A handful of statements for the whole group, whatever its size: which
+        of their event keys are marked, which of their idempotency keys are
+        queued (one SELECT each, usually returning nothing), then one
+        multi-row INSERT for the new keys and one for the new items, in order.
+        Every statement releases the GIL while SQLite runs it, and taking it
+        back competes with every other thread: per-item statements cost far
+        more than the SQL itself. Returns each put's result.
+        """
+        # The first put of the group marking a key takes it; later ones with
+        # the same key find it taken, as they would one transaction later.
+        skipped: set[int] = set()
+        takers: dict[str, int] = {}
+        for index, p in enumerate(puts):
+            if p.mark is not None:
+                if p.mark[0] in takers:
+                    skipped.add(index)
+                else:
+                    takers[p.mark[0]] = index
+        if takers:
+            # Inside the write transaction (BEGIN IMMEDIATE holds the database's
+            # write lock, across processes too): nobody can mark a key between
+            # this read and our write.
+            for key in self._present(conn, "seen", list(takers), now):
+                skipped.add(takers.pop(key))
+        counts = [0] * len(puts)
+        keys: list[str] = []
+        for index, p in enumerate(puts):
+            if index not in skipped:
+                keys.extend(item.key for item in p.items)
+        if keys:
+            taken = self._present(conn, "outbox_keys", keys, now)
+            rows: list[Any] = []
+            for index, p in enumerate(puts):
+                if index in skipped:
+                    continue
+                for item in p.items:
+                    if item.key in taken:
+                        continue
+                    taken.add(item.key)  # a later copy in this group is a duplicate
+                    rows.append((item.key, item.body, item.origin))
+                    counts[index] += 1
+            if rows:
+                self._insert_items(conn, rows, now)
+        for key, index in takers.items():
+            mark = puts[index].mark
+            assert mark is not None
+            self._write_mark(conn, key, now + mark[1])
+        cursor_rows = [p.cursor for p in puts if p.cursor is not None]
+        if cursor_rows:
+            self._write_cursors(conn, cursor_rows, now)
+        return [
+            counts[i] if p.mark is None else (counts[i], i not in skipped)
+            for i, p in enumerate(puts)
+        ]
+
+    def _present(self, conn: Conn, table: str, keys: list[str], now: float) -> set[str]:
+        """Which of ``keys`` hold an unexpired entry in ``table`` (seen, outbox_keys)."""
+        found: set[str] = set()
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            sql = _sql_present(table, len(chunk))
+            found.update(r[0] for r in conn.execute(sql, (*chunk, now)).fetchall())
+        return found
+
+    def _insert_items(self, conn: Conn, rows: list[Any], now: float) -> None:
+        # New keys (absent, or their entry expired) take the dedup TTL; the
+        # items are inserted in order, so their ids are too.
         expires = now + self.settings.dedup_ttl
-        added = 0
-        for item in items:
-            fresh = conn.execute(
-                "INSERT INTO outbox_keys (key, expires_at) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
-                "WHERE outbox_keys.expires_at <= ? RETURNING 1",
-                (item.key, expires, now),
-            ).fetchall()
-            if not fresh:
-                continue
-            conn.execute(
-                "INSERT INTO outbox (key, body, origin, enqueued_at) VALUES (?, ?, ?, ?)",
-                (item.key, item.body, item.origin, now),
-            )
-            added += 1
-        return added
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            n = len(chunk)
+            conn.execute(_sql_keys(n), [v for r in chunk for v in (r[0], expires)])
+            conn.execute(_sql_items(n), [v for r in chunk for v in (*r, now)])
 
     def put(self, items: Sequence[OutboxItem]) -> int:
         items = list(items)
@@ -401,41 +528,20 @@ class SqliteState:
             if self._closed:
                 raise StateError(f"{self._where()} is closed")
             return 0
-        return int(self._write(lambda conn, now: self._put_rows(conn, items, now)))
+        return int(self._write(_Put(self, items, None, None)))
 
     def put_and_set_cursor(
         self, items: Sequence[OutboxItem], kind: str, name: str, cursor: str | None
     ) -> int:
-        items = list(items)
         if cursor is None:
             return self.put(items)
-
-        def op(conn: Conn, now: float) -> int:
-            added = self._put_rows(conn, items, now)
-            self._write_cursors(conn, [(kind, name, cursor)], now)
-            return added
-
-        return int(self._write(op, touches_cursors=True))
+        put = _Put(self, list(items), (kind, name, cursor), None)
+        return int(self._write(put, touches_cursors=True))
 
     def put_and_mark(
         self, items: Sequence[OutboxItem], key: str, ttl_seconds: float
     ) -> tuple[int, bool]:
-        items = list(items)
-
-        def op(conn: Conn, now: float) -> tuple[int, bool]:
-            # Inside the write transaction (BEGIN IMMEDIATE holds the database's
-            # write lock, across processes too): nobody can mark the key between
-            # this read and our write.
-            marked = conn.execute(
-                "SELECT 1 FROM seen WHERE key = ? AND expires_at > ?", (key, now)
-            ).fetchone()
-            if marked is not None:
-                return 0, False
-            added = self._put_rows(conn, items, now)
-            self._write_mark(conn, key, now + ttl_seconds)
-            return added, True
-
-        added, new = self._write(op)
+        added, new = self._write(_Put(self, list(items), None, (key, ttl_seconds)))
         return int(added), bool(new)
 
     def _write_mark(self, conn: Conn, key: str, expires_at: float) -> None:
