@@ -384,3 +384,28 @@ def test_core_imports_only_the_standard_library(tmp_path: Path) -> None:
     )
     assert third_party == []
     assert "statewave_runner.runner" in modules
+
+
+def test_run_caps_malloc_arenas_unless_the_operator_chose() -> None:
+    # In a child process: the cap is process-wide and must not leak into pytest.
+    probe = (
+        "import os, sys; from statewave_runner.cli import limit_malloc_arenas;"
+        "print(limit_malloc_arenas())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    env["PYTHONPATH"] = str(REPO)
+
+    def run(extra: dict[str, str]) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+
+    glibc = sys.platform == "linux" and bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    assert run({}) == str(glibc)
+    assert run({"MALLOC_ARENA_MAX": "4"}) == "False"
+    assert run({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) == "False"
