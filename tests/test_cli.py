@@ -384,6 +384,21 @@ def test_core_imports_only_the_standard_library(tmp_path: Path) -> None:
     )
     assert third_party == []
     assert "statewave_runner.runner" in modules
+    # Idle resident memory: what this daemon (memory state, file sink, no
+    # /metrics scrape yet, no HTTP source) never uses is not imported either.
+    not_needed = {
+        "ctypes.util",  # limit_malloc_arenas needs ctypes itself only
+        "gzip",  # gzipped /metrics scrapes only
+        "platform",  # python_info reads sys
+        "sqlite3",
+        "statewave_runner.state.sqlite",
+        "statewave_runner.state.file",
+        "statewave_runner.state.admin",
+        "statewave_runner.connectors.github",
+        "statewave_runner.connectors.slack",
+        "zoneinfo",  # UTC schedules only
+    }
+    assert sorted(not_needed & set(modules)) == []
 
 
 def test_run_caps_malloc_arenas_unless_the_operator_chose() -> None:
