@@ -191,6 +191,20 @@ def _sink_note(config: Any) -> str:
 _M_ARENA_MAX = -8
 
 
+def _glibc() -> Any:
+    """The C library through ctypes when it is glibc (Linux), else None."""
+    if sys.platform != "linux":
+        return None
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        import ctypes
+
+        return ctypes.CDLL(None)
+    except (ImportError, OSError, ValueError, AttributeError):
+        return None
+
+
 def limit_malloc_arenas() -> bool:
     """Cap glibc malloc at one arena for this process; True if it was done.
 
@@ -205,18 +219,31 @@ def limit_malloc_arenas() -> bool:
     Skipped when the operator chose (``MALLOC_ARENA_MAX``, or
     ``GLIBC_TUNABLES`` naming ``arena_max``), off glibc, or without ctypes.
     """
-    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    if "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+    libc = _glibc()
+    try:
+        return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, 1))
+    except AttributeError:
+        return False
+
+
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``); True if it ran.
+
+    Start-up (importing ~200 modules, reading the config) leaves ~1 MB of
+    freed but still resident heap behind, in holes ``free()`` cannot return.
+    The daemon calls this once, when it is ready; the idle runner's own
+    allocations are small enough not to fault most of it back in.
+    """
+    libc = _glibc()
+    if libc is None:
         return False
     try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return False
-        import ctypes
-
-        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1))
-    except (ImportError, OSError, ValueError, AttributeError):
+        libc.malloc_trim(0)
+    except AttributeError:
         return False
+    return True
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -250,6 +277,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def announce(r: Runner) -> None:
         print(banner(config, r.address, _state_note(config), _sink_note(config)), flush=True)
+        release_free_memory()  # what start-up left behind
 
     return runner.serve_forever(on_ready=announce)
 

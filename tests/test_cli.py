@@ -401,11 +401,11 @@ def test_core_imports_only_the_standard_library(tmp_path: Path) -> None:
     assert sorted(not_needed & set(modules)) == []
 
 
-def test_run_caps_malloc_arenas_unless_the_operator_chose() -> None:
+def test_run_caps_malloc_arenas_unless_the_operator_chose_and_trims() -> None:
     # In a child process: the cap is process-wide and must not leak into pytest.
     probe = (
-        "import os, sys; from statewave_runner.cli import limit_malloc_arenas;"
-        "print(limit_malloc_arenas())"
+        "import os, sys; from statewave_runner.cli import limit_malloc_arenas, "
+        "release_free_memory; print(limit_malloc_arenas(), release_free_memory())"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
     env["PYTHONPATH"] = str(REPO)
@@ -421,6 +421,6 @@ def test_run_caps_malloc_arenas_unless_the_operator_chose() -> None:
         ).stdout.strip()
 
     glibc = sys.platform == "linux" and bool(os.confstr("CS_GNU_LIBC_VERSION"))
-    assert run({}) == str(glibc)
-    assert run({"MALLOC_ARENA_MAX": "4"}) == "False"
-    assert run({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) == "False"
+    assert run({}) == f"{glibc} {glibc}"
+    assert run({"MALLOC_ARENA_MAX": "4"}) == f"False {glibc}"
+    assert run({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) == f"False {glibc}"
