@@ -279,7 +279,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(banner(config, r.address, _state_note(config), _sink_note(config)), flush=True)
         release_free_memory()  # what start-up left behind
 
-    return runner.serve_forever(on_ready=announce)
+    # And what ticks, deliveries and requests freed since: ~20 us when nothing is free.
+    return runner.serve_forever(on_ready=announce, housekeeping=release_free_memory)
 
 
 # --------------------------------------------------------------------------- validate / describe
