@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -191,8 +192,9 @@ def _sink_note(config: Any) -> str:
 _M_ARENA_MAX = -8
 
 
+@functools.cache
 def _glibc() -> Any:
-    """The C library through ctypes when it is glibc (Linux), else None."""
+    """The C library through ctypes when it is glibc (Linux), else None (looked up once)."""
     if sys.platform != "linux":
         return None
     try:
