@@ -22,12 +22,11 @@ form OpenMetrics requires (``le="1.0"``) there.
 from __future__ import annotations
 
 import gc
-import gzip
 import logging
 import math
 import os
-import platform
 import re
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -879,6 +878,8 @@ class Registry:
             body, ctype = self.expose_text(), CONTENT_TYPE_TEXT
         headers = {"Content-Type": ctype, "Vary": "Accept, Accept-Encoding"}
         if accepts_gzip(accept_encoding):
+            import gzip  # only scrapes that ask for it pay for the module
+
             body = gzip.compress(body, compresslevel=6, mtime=0)
             headers["Content-Encoding"] = "gzip"
         return body, headers
@@ -1053,17 +1054,30 @@ class ProcessCollector:
         return result
 
 
+_IMPLEMENTATIONS = {
+    "cpython": "CPython",
+    "pypy": "PyPy",
+    "ironpython": "IronPython",
+    "jython": "Jython",
+}
+
+
 class PythonCollector:
     """``python_info`` and the ``python_gc_*`` counters, named as prometheus_client names them."""
 
     def __init__(self) -> None:
-        major, minor, patch = platform.python_version_tuple()
+        # What platform.python_version() and python_implementation() return,
+        # read from sys: the platform module is ~100 KB that nothing else needs.
+        version = sys.version.split()[0]
+        major, minor, patch = [*version.split("."), "0", "0"][:3]
         self._info = {
-            "implementation": platform.python_implementation(),
+            "implementation": _IMPLEMENTATIONS.get(
+                sys.implementation.name, sys.implementation.name
+            ),
             "major": major,
             "minor": minor,
             "patchlevel": patch,
-            "version": platform.python_version(),
+            "version": version,
         }
 
     def family_names(self) -> Iterable[tuple[str, str]]:

@@ -529,10 +529,19 @@ class Runner:
         finally:
             self.stop(flush_timeout)
 
-    def serve_forever(self, on_ready: Callable[[Runner], None] | None = None) -> int:
+    def serve_forever(
+        self,
+        on_ready: Callable[[Runner], None] | None = None,
+        *,
+        housekeeping: Callable[[], object] | None = None,
+        housekeeping_interval: float = 10.0,
+    ) -> int:
         """Start, then block until SIGTERM/SIGINT; stop and return the exit code.
 
         ``on_ready`` runs once the runner is ready (the CLI prints its banner).
+        ``housekeeping`` then runs on the main thread every
+        ``housekeeping_interval`` seconds until a stop is requested (the CLI
+        hands freed heap back to the OS); an exception it raises is logged.
         A second signal while stopping exits the process at once (code 2).
         Must be called from the main thread (signal handlers).
         """
@@ -560,8 +569,13 @@ class Runner:
             self.start()
             if on_ready is not None:
                 on_ready(self)
-            while not stop_requested.wait(3600):
-                pass
+            interval = 3600.0 if housekeeping is None else housekeeping_interval
+            while not stop_requested.wait(interval):
+                if housekeeping is not None:
+                    try:
+                        housekeeping()
+                    except Exception:
+                        self.log.exception("housekeeping raised")
             self.stop()
         finally:
             for sig, handler in previous.items():

@@ -674,3 +674,27 @@ def test_state_failure_at_tick_start_is_counted_not_raised(sink: Sink) -> None:
             )
             == 1
         )
+
+
+def test_serve_forever_runs_housekeeping_until_stopped(caplog: pytest.LogCaptureFixture) -> None:
+    import os
+    import signal
+
+    cfg = config(
+        '[statewave]\nurl = "http://127.0.0.1:9"\n[runner]\nhost = "127.0.0.1"\nport = 0\n'
+    )
+    calls: list[bool] = []
+
+    def housekeeping() -> None:
+        calls.append(True)
+        if len(calls) == 1:
+            raise RuntimeError("boom")  # logged; serving goes on
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    runner = Runner(cfg, ingest=Sink())
+    code = runner.serve_forever(housekeeping=housekeeping, housekeeping_interval=0.01)
+    assert code == 0
+    assert len(calls) == 3
+    assert not runner.ready
+    assert "housekeeping raised" in caplog.text

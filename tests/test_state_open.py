@@ -87,3 +87,34 @@ def test_core_never_imports_the_drivers(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_each_backend_imports_only_its_own_module(tmp_path: Path) -> None:
+    # Idle resident memory: a SQLite daemon carries no memory.py, a memory one no sqlite3.
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import statewave_runner
+        from statewave_runner.state import open_state
+        kind = sys.argv[1]
+        s = open_state(kind, state_dir={str(tmp_path)!r})
+        s.close()
+        backends = ("memory", "sqlite", "file", "postgres", "redis")
+        print(sorted(b for b in backends if "statewave_runner.state." + b in sys.modules))
+        print("sqlite3" in sys.modules)
+        """
+    )
+
+    def loaded(kind: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", code, kind],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout.split("\n")[:2]
+
+    assert loaded("memory") == ["['memory']", "False"]
+    assert loaded("sqlite") == ["['sqlite']", "True"]
+    assert loaded("file") == ["['file', 'sqlite']", "True"]

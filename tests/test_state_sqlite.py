@@ -32,6 +32,18 @@ def test_wal_and_synchronous_full(tmp_path: Path) -> None:
         s.close()
 
 
+def test_page_cache_is_bounded(tmp_path: Path) -> None:
+    # A connection keeps its cache full for good: idle RSS after a burst.
+    s = SqliteState(tmp_path / "s.db")
+    try:
+        want = -sqlite_mod.CACHE_KIB
+        assert s._writer.execute("PRAGMA cache_size").fetchone()[0] == want
+        with s._reader() as reader:
+            assert reader.execute("PRAGMA cache_size").fetchone()[0] == want
+    finally:
+        s.close()
+
+
 def test_group_commit_shares_transactions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = SqliteState(tmp_path / "s.db")
     real = s._run_batch

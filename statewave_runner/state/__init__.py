@@ -24,18 +24,19 @@ from .base import (
     StateBackend,
 )
 from .drivers import KINDS, check_driver
-from .memory import MemoryState
 
 if TYPE_CHECKING:
     from .file import FileState
+    from .memory import MemoryState
     from .postgres import PostgresState
     from .redis import RedisState
     from .sqlite import SqliteState
 
 # Backends are imported on first use: importing the package must not import
 # every backend (sqlite3 alone is over a megabyte of resident memory that the
-# default memory backend never uses).
+# default memory backend never uses, and a SQLite daemon never needs memory.py).
 _LAZY = {
+    "MemoryState": ".memory",
     "FileState": ".file",
     "SqliteState": ".sqlite",
     "PostgresState": ".postgres",
@@ -86,6 +87,8 @@ def open_state(
     """
     check_driver(kind)
     if kind == "memory":
+        from .memory import MemoryState
+
         return MemoryState(settings)
     if kind in ("file", "sqlite"):
         where = os.path.abspath(path or default_path(kind, state_dir) or "")
