@@ -38,6 +38,9 @@ PURGE_INTERVAL = 30.0
 """Seconds between two bounded purges of expired dedup keys and leases."""
 PURGE_CHUNK = 1000
 """Rows one purge deletes at most per table: no stop-the-world sweep."""
+MARKED_MEMORY = 65536
+"""Dedup keys this instance committed or read as marked, kept in memory with
+their expiry so that ``contains`` answers a retry without a database read."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cursors (
@@ -171,7 +174,7 @@ class _Put:
     runs alone.
     """
 
-    __slots__ = ("cursor", "items", "mark", "state")
+    __slots__ = ("cursor", "expires", "items", "mark", "state")
 
     def __init__(
         self,
@@ -184,6 +187,8 @@ class _Put:
         self.items = items
         self.cursor = cursor
         self.mark = mark
+        self.expires = 0.0
+        """The expiry its mark was given (put_and_mark, when the key was new)."""
 
     def __call__(self, conn: Conn, now: float) -> Any:
         return self.state._put_many(conn, [self], now)[0]
@@ -210,6 +215,8 @@ class SqliteState:
         self._all_conns: list[Conn] = []
         self._rlock = threading.Lock()
         self._closed = False
+        self._marked: dict[str, float] = {}
+        self._marked_lock = threading.Lock()
         self._last_purge = float("-inf")
         self._writer = self._open_db()
         self._committer = GroupCommitter(self._run_batch, f"{self.kind} state {self.db_path}")
@@ -457,13 +464,37 @@ class SqliteState:
 
     def contains(self, key: str) -> bool:
         now = self._clock()
+        # A key marked in a committed transaction stays marked until its
+        # expiry: nothing shortens or deletes an unexpired mark (the upserts
+        # only replace expired ones, the purge only deletes expired ones), so
+        # a key remembered with its expiry needs no read (and no GIL hand-off
+        # to SQLite) until then.
+        expires = self._marked.get(key)
+        if expires is not None and expires > now:
+            return True
         row = self._read(
             "look up a dedup key",
             lambda c: c.execute(
-                "SELECT 1 FROM seen WHERE key = ? AND expires_at > ?", (key, now)
+                "SELECT expires_at FROM seen WHERE key = ? AND expires_at > ?", (key, now)
             ).fetchone(),
         )
-        return row is not None
+        if row is None:
+            return False
+        self._remember(key, float(row[0]))
+        return True
+
+    def _remember(self, key: str, expires: float) -> None:
+        """Keep a committed mark's expiry in memory (the newest MARKED_MEMORY keys)."""
+        marked = self._marked
+        marked[key] = expires
+        if len(marked) > MARKED_MEMORY:
+            with self._marked_lock:
+                while len(marked) > MARKED_MEMORY:
+                    try:
+                        oldest = next(iter(marked))
+                    except RuntimeError:  # another thread added a key meanwhile
+                        continue
+                    marked.pop(oldest, None)
 
     # ------------------------------------------------------------------ outbox
     def _put_many(self, conn: Conn, puts: Sequence[_Put], now: float) -> list[Any]:
@@ -514,9 +545,10 @@ class SqliteState:
         if takers:
             marks: list[tuple[str, float]] = []
             for key, index in takers.items():
-                mark = puts[index].mark
-                assert mark is not None
-                marks.append((key, now + mark[1]))
+                put = puts[index]
+                assert put.mark is not None
+                put.expires = now + put.mark[1]
+                marks.append((key, put.expires))
             self._write_mark(conn, marks)
         cursor_rows = [p.cursor for p in puts if p.cursor is not None]
         if cursor_rows:
@@ -581,7 +613,10 @@ class SqliteState:
     def put_and_mark(
         self, items: Sequence[OutboxItem], key: str, ttl_seconds: float
     ) -> tuple[int, bool]:
-        added, new = self._write(_Put(self, list(items), None, (key, ttl_seconds)))
+        put = _Put(self, list(items), None, (key, ttl_seconds))
+        added, new = self._write(put)
+        if new:  # committed: remember it for contains()
+            self._remember(key, put.expires)
         return int(added), bool(new)
 
     def _write_mark(self, conn: Conn, marks: list[tuple[str, float]]) -> None:
