@@ -132,6 +132,47 @@ def test_expired_keys_are_purged_in_bounded_chunks(
         s.close()
 
 
+def test_committed_marks_are_remembered_until_they_expire(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_mod, "MARKED_MEMORY", 3)
+    clock = FakeClock()
+    s = SqliteState(tmp_path / "s.db", clock=clock)
+    try:
+        assert s.put_and_mark(items("a"), "evt-0", 10) == (1, True)
+        assert s._marked == {"evt-0": clock() + 10}  # the expiry the row was given
+        reads: list[str] = []
+        real_read = s._read
+        monkeypatch.setattr(
+            s, "_read", lambda doing, fn: reads.append(doing) or real_read(doing, fn)
+        )
+        assert s.contains("evt-0") and reads == []  # answered from memory
+        # A failed or duplicate put_and_mark remembers nothing new.
+        assert s.put_and_mark(items("b"), "evt-0", 10) == (0, False)
+        assert list(s._marked) == ["evt-0"]
+        # A key another instance marked is read once, then remembered.
+        other = SqliteState(tmp_path / "s.db", clock=clock)
+        try:
+            assert other.mark_if_new("evt-x", 10)
+        finally:
+            other.close()
+        assert s.contains("evt-x") and len(reads) == 1
+        assert s.contains("evt-x") and len(reads) == 1
+        assert not s.contains("evt-unknown") and len(reads) == 2
+        # The newest MARKED_MEMORY keys only.
+        for n in (1, 2, 3):
+            assert s.put_and_mark([], f"evt-{n}", 10) == (0, True)
+        assert list(s._marked) == ["evt-1", "evt-2", "evt-3"]
+        assert s.contains("evt-0") and len(reads) == 3  # forgotten: read again
+        # Expired in memory exactly when the row is.
+        assert "evt-3" in s._marked
+        clock.advance(10)
+        assert not s.contains("evt-3") and len(reads) == 4
+        assert s.put_and_mark(items("c"), "evt-3", 10) == (1, True)
+    finally:
+        s.close()
+
+
 def test_ids_are_never_reused(tmp_path: Path) -> None:
     s = SqliteState(tmp_path / "s.db")
     try:

@@ -499,7 +499,9 @@ class SlackReceiver:
 
     @staticmethod
     def _duplicate(ctx: PushContext, event_id: object, retry: str | None) -> Response:
-        ctx.log.info(
+        # Debug, not info: the access line already records every request, and
+        # a burst of retries would double the log (and its cost) for nothing.
+        ctx.log.debug(
             "slack/%s: duplicate event %s suppressed (retry %s)", ctx.name, event_id, retry
         )
         return _ok(deduplicated=True)

@@ -45,6 +45,14 @@ A connection keeps its cache full for good: after a burst of a few thousand
 episodes the default left ~3.7 MB resident for the writer and a reader; this
 bound leaves ~1.3 MB. The outbox works at its two ends and the OS page cache
 backs the rest, so a bigger cache buys no measurable throughput."""
+MARKED_MEMORY = 16384
+"""Dedup keys this instance committed or read as marked, kept in memory with
+their expiry so that ``contains`` answers a retry without a database read.
+
+Bounded because it lives as long as the daemon: ~140 bytes a key, so ~2.3 MB
+when full (65,536 would be ~9 MB, a third of the idle daemon). Slack retries
+arrive within minutes, and 16,384 keys cover minutes even at thousands of
+deliveries a second; an older retry costs one read, as before."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cursors (
@@ -144,6 +152,27 @@ def _sql_keys(n: int) -> str:
 
 
 @functools.lru_cache(maxsize=256)
+def _sql_present_both(marks: int, keys: int) -> str:
+    # Which event keys are marked and which idempotency keys are queued, in
+    # one statement (one sqlite3_step when, as usual, neither is).
+    m = ", ".join("?" * marks)
+    k = ", ".join("?" * keys)
+    return (
+        f"SELECT 0, key FROM seen WHERE key IN ({m}) AND expires_at > ? "  # noqa: S608
+        f"UNION ALL SELECT 1, key FROM outbox_keys WHERE key IN ({k}) AND expires_at > ?"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _sql_marks(n: int) -> str:
+    rows = ", ".join(["(?, ?)"] * n)
+    return (
+        f"INSERT INTO seen (key, expires_at) VALUES {rows} "  # noqa: S608 - placeholders
+        "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at"
+    )
+
+
+@functools.lru_cache(maxsize=256)
 def _sql_items(n: int) -> str:
     rows = ", ".join(["(?, ?, ?, ?)"] * n)
     return f"INSERT INTO outbox (key, body, origin, enqueued_at) VALUES {rows}"  # noqa: S608
@@ -157,7 +186,7 @@ class _Put:
     runs alone.
     """
 
-    __slots__ = ("cursor", "items", "mark", "state")
+    __slots__ = ("cursor", "expires", "items", "mark", "state")
 
     def __init__(
         self,
@@ -170,6 +199,8 @@ class _Put:
         self.items = items
         self.cursor = cursor
         self.mark = mark
+        self.expires = 0.0
+        """The expiry its mark was given (put_and_mark, when the key was new)."""
 
     def __call__(self, conn: Conn, now: float) -> Any:
         return self.state._put_many(conn, [self], now)[0]
@@ -196,6 +227,8 @@ class SqliteState:
         self._all_conns: list[Conn] = []
         self._rlock = threading.Lock()
         self._closed = False
+        self._marked: dict[str, float] = {}
+        self._marked_lock = threading.Lock()
         self._last_purge = float("-inf")
         self._writer = self._open_db()
         self._committer = GroupCommitter(self._run_batch, f"{self.kind} state {self.db_path}")
@@ -444,25 +477,50 @@ class SqliteState:
 
     def contains(self, key: str) -> bool:
         now = self._clock()
+        # A key marked in a committed transaction stays marked until its
+        # expiry: nothing shortens or deletes an unexpired mark (the upserts
+        # only replace expired ones, the purge only deletes expired ones), so
+        # a key remembered with its expiry needs no read (and no GIL hand-off
+        # to SQLite) until then.
+        expires = self._marked.get(key)
+        if expires is not None and expires > now:
+            return True
         row = self._read(
             "look up a dedup key",
             lambda c: c.execute(
-                "SELECT 1 FROM seen WHERE key = ? AND expires_at > ?", (key, now)
+                "SELECT expires_at FROM seen WHERE key = ? AND expires_at > ?", (key, now)
             ).fetchone(),
         )
-        return row is not None
+        if row is None:
+            return False
+        self._remember(key, float(row[0]))
+        return True
+
+    def _remember(self, key: str, expires: float) -> None:
+        """Keep a committed mark's expiry in memory (the newest MARKED_MEMORY keys)."""
+        marked = self._marked
+        marked[key] = expires
+        if len(marked) > MARKED_MEMORY:
+            with self._marked_lock:
+                while len(marked) > MARKED_MEMORY:
+                    try:
+                        oldest = next(iter(marked))
+                    except RuntimeError:  # another thread added a key meanwhile
+                        continue
+                    marked.pop(oldest, None)
 
     # ------------------------------------------------------------------ outbox
     def _put_many(self, conn: Conn, puts: Sequence[_Put], now: float) -> list[Any]:
         """Run several puts in the open transaction, as if one after the other.
 
-        A handful of statements for the whole group, whatever its size: which
-        of their event keys are marked, which of their idempotency keys are
-        queued (one SELECT each, usually returning nothing), then one
-        multi-row INSERT for the new keys and one for the new items, in order.
-        Every statement releases the GIL while SQLite runs it, and taking it
-        back competes with every other thread: per-item statements cost far
-        more than the SQL itself. Returns each put's result.
+        A handful of statements for the whole group, whatever its size: one
+        SELECT for which of their event keys are marked and which of their
+        idempotency keys are queued (usually returning nothing), then one
+        multi-row INSERT for the new keys, one for the new items and one for
+        the marks. Every statement releases the GIL while SQLite runs it
+        (several times: reset, step, rowid), and taking it back competes with
+        every other thread: per-put statements cost far more than the SQL
+        itself. Returns each put's result.
         """
         # The first put of the group marking a key takes it; later ones with
         # the same key find it taken, as they would one transaction later.
@@ -474,35 +532,37 @@ class SqliteState:
                     skipped.add(index)
                 else:
                     takers[p.mark[0]] = index
-        if takers:
-            # Inside the write transaction (BEGIN IMMEDIATE holds the database's
-            # write lock, across processes too): nobody can mark a key between
-            # this read and our write.
-            for key in self._present(conn, "seen", list(takers), now):
-                skipped.add(takers.pop(key))
+        # Inside the write transaction (BEGIN IMMEDIATE holds the database's
+        # write lock, across processes too): nobody can mark a key or queue
+        # an item between this read and our writes. The items of a put whose
+        # key turns out marked are looked up too, and ignored.
+        keys = [
+            item.key for index, p in enumerate(puts) if index not in skipped for item in p.items
+        ]
+        marked, taken = self._present_both(conn, list(takers), keys, now)
+        for key in marked:
+            skipped.add(takers.pop(key))
         counts = [0] * len(puts)
-        keys: list[str] = []
+        rows: list[Any] = []
         for index, p in enumerate(puts):
-            if index not in skipped:
-                keys.extend(item.key for item in p.items)
-        if keys:
-            taken = self._present(conn, "outbox_keys", keys, now)
-            rows: list[Any] = []
-            for index, p in enumerate(puts):
-                if index in skipped:
+            if index in skipped:
+                continue
+            for item in p.items:
+                if item.key in taken:
                     continue
-                for item in p.items:
-                    if item.key in taken:
-                        continue
-                    taken.add(item.key)  # a later copy in this group is a duplicate
-                    rows.append((item.key, item.body, item.origin))
-                    counts[index] += 1
-            if rows:
-                self._insert_items(conn, rows, now)
-        for key, index in takers.items():
-            mark = puts[index].mark
-            assert mark is not None
-            self._write_mark(conn, key, now + mark[1])
+                taken.add(item.key)  # a later copy in this group is a duplicate
+                rows.append((item.key, item.body, item.origin))
+                counts[index] += 1
+        if rows:
+            self._insert_items(conn, rows, now)
+        if takers:
+            marks: list[tuple[str, float]] = []
+            for key, index in takers.items():
+                put = puts[index]
+                assert put.mark is not None
+                put.expires = now + put.mark[1]
+                marks.append((key, put.expires))
+            self._write_mark(conn, marks)
         cursor_rows = [p.cursor for p in puts if p.cursor is not None]
         if cursor_rows:
             self._write_cursors(conn, cursor_rows, now)
@@ -510,6 +570,23 @@ class SqliteState:
             counts[i] if p.mark is None else (counts[i], i not in skipped)
             for i, p in enumerate(puts)
         ]
+
+    def _present_both(
+        self, conn: Conn, marks: list[str], keys: list[str], now: float
+    ) -> tuple[set[str], set[str]]:
+        """Which of ``marks`` are marked (seen) and which of ``keys`` are queued (outbox_keys)."""
+        if not marks and not keys:
+            return set(), set()
+        if not marks or not keys or len(marks) + len(keys) > _CHUNK:
+            return self._present(conn, "seen", marks, now), self._present(
+                conn, "outbox_keys", keys, now
+            )
+        marked: set[str] = set()
+        taken: set[str] = set()
+        sql = _sql_present_both(len(marks), len(keys))
+        for table, key in conn.execute(sql, (*marks, now, *keys, now)).fetchall():
+            (taken if table else marked).add(key)
+        return marked, taken
 
     def _present(self, conn: Conn, table: str, keys: list[str], now: float) -> set[str]:
         """Which of ``keys`` hold an unexpired entry in ``table`` (seen, outbox_keys)."""
@@ -549,17 +626,19 @@ class SqliteState:
     def put_and_mark(
         self, items: Sequence[OutboxItem], key: str, ttl_seconds: float
     ) -> tuple[int, bool]:
-        added, new = self._write(_Put(self, list(items), None, (key, ttl_seconds)))
+        put = _Put(self, list(items), None, (key, ttl_seconds))
+        added, new = self._write(put)
+        if new:  # committed: remember it for contains()
+            self._remember(key, put.expires)
         return int(added), bool(new)
 
-    def _write_mark(self, conn: Conn, key: str, expires_at: float) -> None:
-        # The mark half of put_and_mark, after its items; tests replace it to
-        # inject a failure between the two halves.
-        conn.execute(
-            "INSERT INTO seen (key, expires_at) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
-            (key, expires_at),
-        )
+    def _write_mark(self, conn: Conn, marks: list[tuple[str, float]]) -> None:
+        # The mark half of put_and_mark (every put of the group: key, expiry),
+        # after the items; tests replace it to inject a failure between the
+        # two halves.
+        for start in range(0, len(marks), _CHUNK):
+            chunk = marks[start : start + _CHUNK]
+            conn.execute(_sql_marks(len(chunk)), [v for m in chunk for v in m])
 
     def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
         if limit <= 0:
