@@ -188,10 +188,6 @@ def _sink_note(config: Any) -> str:
     return f"statewave {redact_url(sw.url)}"
 
 
-# glibc's mallopt() parameter number for the arena cap (malloc.h).
-_M_ARENA_MAX = -8
-
-
 @functools.cache
 def _glibc() -> Any:
     """The C library through ctypes when it is glibc (Linux), else None (looked up once)."""
@@ -205,29 +201,6 @@ def _glibc() -> Any:
         return ctypes.CDLL(None)
     except (ImportError, OSError, ValueError, AttributeError):
         return None
-
-
-def limit_malloc_arenas() -> bool:
-    """Cap glibc malloc at one arena for this process; True if it was done.
-
-    glibc gives every thread that allocates its own arena (up to 8 per core),
-    and each keeps the pages it once touched: in the idle daemon the timer
-    worker's and the delivery threads' arenas held ~2 MB, mostly free memory
-    (SQLite page caches, the tick's file reads). With one arena they reuse
-    the main heap's free space instead. Allocations are cheap to serialize
-    here: most run under the GIL anyway. Only the daemon (``run``) calls this,
-    before it starts a thread; a library user's process is left alone.
-
-    Skipped when the operator chose (``MALLOC_ARENA_MAX``, or
-    ``GLIBC_TUNABLES`` naming ``arena_max``), off glibc, or without ctypes.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    libc = _glibc()
-    try:
-        return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, 1))
-    except AttributeError:
-        return False
 
 
 def release_free_memory() -> bool:
@@ -268,7 +241,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["log_level"] = args.log_level
     if overrides:
         config = dataclasses.replace(config, runner=dataclasses.replace(config.runner, **overrides))
-    limit_malloc_arenas()  # before the first thread (the log writer) starts
     configure_logging(
         fmt=config.runner.log_format,
         level=config.runner.log_level,
