@@ -143,10 +143,12 @@ def _sql_present(table: str, n: int) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _sql_keys(n: int) -> str:
+def _sql_set_expiry(table: str, n: int) -> str:
+    # Callers pass only keys found absent or expired in this transaction, so
+    # the upsert never shortens an unexpired entry.
     rows = ", ".join(["(?, ?)"] * n)
     return (
-        f"INSERT INTO outbox_keys (key, expires_at) VALUES {rows} "  # noqa: S608 - placeholders
+        f"INSERT INTO {table} (key, expires_at) VALUES {rows} "  # noqa: S608 - placeholders
         "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at"
     )
 
@@ -160,15 +162,6 @@ def _sql_present_both(marks: int, keys: int) -> str:
     return (
         f"SELECT 0, key FROM seen WHERE key IN ({m}) AND expires_at > ? "  # noqa: S608
         f"UNION ALL SELECT 1, key FROM outbox_keys WHERE key IN ({k}) AND expires_at > ?"
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _sql_marks(n: int) -> str:
-    rows = ", ".join(["(?, ?)"] * n)
-    return (
-        f"INSERT INTO seen (key, expires_at) VALUES {rows} "  # noqa: S608 - placeholders
-        "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at"
     )
 
 
@@ -604,7 +597,9 @@ class SqliteState:
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             n = len(chunk)
-            conn.execute(_sql_keys(n), [v for r in chunk for v in (r[0], expires)])
+            conn.execute(
+                _sql_set_expiry("outbox_keys", n), [v for r in chunk for v in (r[0], expires)]
+            )
             conn.execute(_sql_items(n), [v for r in chunk for v in (*r, now)])
 
     def put(self, items: Sequence[OutboxItem]) -> int:
@@ -638,7 +633,7 @@ class SqliteState:
         # two halves.
         for start in range(0, len(marks), _CHUNK):
             chunk = marks[start : start + _CHUNK]
-            conn.execute(_sql_marks(len(chunk)), [v for m in chunk for v in m])
+            conn.execute(_sql_set_expiry("seen", len(chunk)), [v for m in chunk for v in m])
 
     def claim(self, limit: int, lease_seconds: float) -> list[ClaimedItem]:
         if limit <= 0:
