@@ -746,7 +746,7 @@ class Runner:
             checkpoints: Iterator[Any] = iter(connector.sync(request))
             try:
                 for checkpoint in checkpoints:
-                    episodes = [dataclasses.replace(e, connector=key) for e in checkpoint.episodes]
+                    episodes = [_for_queue(e, key, None) for e in checkpoint.episodes]
                     result.emitted += len(episodes)
                     metrics.episodes_emitted.inc(len(episodes))
                     if on_episodes is not None:
