@@ -162,33 +162,22 @@ def naive_postgres(url: str, schema: str, pool_size: int) -> tuple[Put, Callable
     return put, pool.close
 
 
-# One put, atomically: the dedup mark and the queue writes in one script, on our
-# key layout. (SET NX and then a MULTI would be two round trips, and a crash
-# between them would leave a key marked whose item was never queued.)
-NAIVE_REDIS_PUT = """
-local p = ARGV[1]
-if redis.call('SET', p .. 'ob:k:' .. ARGV[3], '1', 'NX', 'PX', ARGV[6]) then
-  local id = redis.call('INCR', p .. 'ob:seq')
-  redis.call('HSET', p .. 'ob:i:' .. id, 'key', ARGV[3], 'body', ARGV[4],
-    'origin', ARGV[5], 'attempts', 0, 'enq', ARGV[2])
-  redis.call('ZADD', p .. 'ob:ready', id, id)
-  redis.call('ZADD', p .. 'ob:live', id, id)
-  return 1
-end
-return 0
-"""
-
-
 def naive_redis(url: str, prefix: str) -> tuple[Put, Callable[[], None]]:
     import redis
 
+    from statewave_runner.state.redis import _PUT
+
+    # One put, atomically: our own single-put script (the dedup mark and the
+    # queue writes in one script, on our key layout), one round trip per put.
+    # (SET NX and then a MULTI would be two round trips, and a crash between
+    # them would leave a key marked whose item was never queued.)
     client = redis.Redis.from_url(url)
-    script = client.register_script(NAIVE_REDIS_PUT)
+    script = client.register_script(_PUT)
     ttl_ms = int(DEDUP_TTL * 1000)
 
     def put(key: str) -> None:
         (it,) = item(key)
-        script(args=[prefix, repr(time.time()), it.key, it.body, it.origin, ttl_ms])
+        script(args=[prefix, repr(time.time()), ttl_ms, it.key, it.body, it.origin])
 
     return put, client.close
 

@@ -49,31 +49,36 @@ PROMOTE_CHUNK = 1000
 T = TypeVar("T")
 
 # All scripts get the prefix as ARGV[1] and build their keys from it.
-# Queues the items from ARGV[first] on (key, body, origin triples) into `added`.
-_PUT_LOOP = """
-local added = 0
-for i = first, #ARGV, 3 do
-  if redis.call('SET', p .. 'ob:k:' .. ARGV[i], '1', 'NX', 'PX', ttl) then
+# Every put script's first lines: ARGV prefix, now, dedup ttl (ms), and
+# queue(key, body, origin), which queues one item unless its key is already
+# queued within the dedup TTL and returns 1 if it did, else 0.
+_PUT_PRELUDE = """
+local p = ARGV[1]
+local now = ARGV[2]
+local ttl = ARGV[3]
+local function queue(key, body, origin)
+  if redis.call('SET', p .. 'ob:k:' .. key, '1', 'NX', 'PX', ttl) then
     local id = redis.call('INCR', p .. 'ob:seq')
-    redis.call('HSET', p .. 'ob:i:' .. id, 'key', ARGV[i], 'body', ARGV[i + 1],
-      'origin', ARGV[i + 2], 'attempts', 0, 'enq', now)
+    redis.call('HSET', p .. 'ob:i:' .. id, 'key', key, 'body', body,
+      'origin', origin, 'attempts', 0, 'enq', now)
     redis.call('ZADD', p .. 'ob:ready', id, id)
     redis.call('ZADD', p .. 'ob:live', id, id)
-    added = added + 1
+    return 1
   end
+  return 0
 end
 """
 
 # ARGV: prefix, now, dedup ttl (ms), then key/body/origin triples.
 _PUT = (
-    """
-local p = ARGV[1]
-local now = ARGV[2]
-local ttl = ARGV[3]
-local first = 4
+    _PUT_PRELUDE
+    + """
+local added = 0
+for i = 4, #ARGV, 3 do
+  added = added + queue(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+end
+return added
 """
-    + _PUT_LOOP
-    + "return added\n"
 )
 
 # Several callers' puts in one script (group commit: one round trip for all).
@@ -83,10 +88,9 @@ local first = 4
 # beforehand: redis-py packs and Redis parses 3 + 1 arguments, not 3 per item.)
 # Each put runs as it would alone, in order; returns "added:new" per put,
 # space-separated (new is 1 for a plain put).
-_PUT_BATCH = """
-local p = ARGV[1]
-local now = ARGV[2]
-local ttl = ARGV[3]
+_PUT_BATCH = (
+    _PUT_PRELUDE
+    + """
 local batch = cjson.decode(ARGV[4])
 local out = {}
 for o = 1, #batch do
@@ -101,15 +105,7 @@ for o = 1, #batch do
     new = 0
   else
     for j = 4, #op, 3 do
-      local key = op[j]
-      if redis.call('SET', p .. 'ob:k:' .. key, '1', 'NX', 'PX', ttl) then
-        local id = redis.call('INCR', p .. 'ob:seq')
-        redis.call('HSET', p .. 'ob:i:' .. id, 'key', key, 'body', op[j + 1],
-          'origin', op[j + 2], 'attempts', 0, 'enq', now)
-        redis.call('ZADD', p .. 'ob:ready', id, id)
-        redis.call('ZADD', p .. 'ob:live', id, id)
-        added = added + 1
-      end
+      added = added + queue(op[j], op[j + 1], op[j + 2])
     end
     if seen then
       redis.call('SET', seen, '1', 'PX', op[3])
@@ -119,6 +115,7 @@ for o = 1, #batch do
 end
 return table.concat(out, ' ')
 """
+)
 
 _CLAIM = """
 local p = ARGV[1]
